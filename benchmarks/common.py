@@ -1,0 +1,172 @@
+"""Shared helpers for the benchmark scripts: pinned processes, wrk runs, result tables.
+
+The server under test is pinned to CPU 0 and wrk to CPU 1 (``taskset``), so the two do not
+steal each other's core; every figure is printed next to a baseline from the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+class Pinned:
+    """A subprocess pinned to one CPU, stopped on exit."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, *args],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def __enter__(self) -> Pinned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def modelport_server(data_dir: Path, port: int, demo: bool = True) -> Pinned:
+    args = [
+        sys.executable,
+        "-m",
+        "modelport",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warning",
+    ]
+    if not demo:
+        args.append("--no-demo")
+    server = Pinned(args)
+    wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
+    return server
+
+
+@dataclass
+class WrkResult:
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def row(self, label: str) -> str:
+        return (
+            f"{label:<28} c={self.concurrency:<3} {self.rps:>9.0f} req/s  "
+            f"p50 {self.p50_ms:7.2f} ms  p99 {self.p99_ms:7.2f} ms  errors {self.errors}"
+        )
+
+
+_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*a")
+f:close()
+function response(status, headers, body)
+  if status ~= 200 then
+    if not printed then print("non-200: " .. status .. " " .. body); printed = true end
+  end
+end
+"""
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(url: str, body: dict[str, object], concurrency: int, seconds: float) -> WrkResult:
+    """Closed-loop load: ``concurrency`` connections posting ``body`` for ``seconds``."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run scripts/ensure-wrk.sh (Debian package 'wrk')")
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body.json"
+        body_path.write_text(json.dumps(body))
+        script = Path(tmp) / "post.lua"
+        script.write_text(_LUA.replace("{body}", str(body_path)))
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                LOAD_CPU,
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{seconds}s",
+                "--latency",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    return WrkResult(concurrency, rps, p50, p99, errors)
+
+
+def v2_body(name: str, row: list[float]) -> dict[str, object]:
+    return {"inputs": [{"name": name, "shape": [1, len(row)], "datatype": "FP32", "data": row}]}

@@ -1,0 +1,1 @@
+"""Admin API under ``/api``: artifacts, registry, deployments, status."""

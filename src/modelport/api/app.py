@@ -1,0 +1,67 @@
+"""``create_app``: the FastAPI application over a set of built services.
+
+The lifespan migrates the database, restores stored deployments, installs the demo models
+on first start, and stops every worker on shutdown. No module-level app or globals: tests
+and the server each build their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from modelport import __version__
+from modelport.api.admin import deployments as admin_deployments
+from modelport.api.admin import models as admin_models
+from modelport.api.errors import install_error_handlers
+from modelport.api.v1 import routes as v1
+from modelport.api.v2 import routes as v2
+from modelport.engine.bootstrap import install_demo_models
+from modelport.engine.services import Services
+
+log = logging.getLogger("modelport")
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the ASGI app serving ``services``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(services.database.migrate)
+        await services.deployments.restore()
+        if services.settings.demo_models:
+            await install_demo_models(services)
+        app.state.ready = True
+        log.info("modelport ready (data dir %s)", services.settings.data_dir)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await services.deployments.shutdown()
+            services.close()
+
+    app = FastAPI(
+        title="modelport",
+        version=__version__,
+        summary="Models as a service: registry, deployments, Open Inference Protocol V2.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(v2.router)
+    app.include_router(v1.router)
+    app.include_router(admin_models.router)
+    app.include_router(admin_deployments.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

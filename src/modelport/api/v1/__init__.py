@@ -1,0 +1,1 @@
+"""TF-Serving / KServe V1 style ``:predict`` for simple JSON users."""

@@ -1,0 +1,1 @@
+"""Open Inference Protocol V2 (KServe V2 / Triton HTTP) routes."""

@@ -1,0 +1,93 @@
+"""``modelport deploy | undeploy | scale | deployments``: run model versions as replicas.
+
+These are top-level commands (``main`` registers them) because they are the everyday verbs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from modelport.cli import connect, output
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+@output.cli_errors
+def deploy(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model to deploy.")],
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Version to serve (default: newest).")
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Serve the version this alias names.")] = None,
+    replicas: Annotated[int, typer.Option(min=0, max=64, help="Worker processes.")] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="Largest batch sent to one replica.")
+    ] = 1,
+    max_latency_ms: Annotated[
+        float, typer.Option(min=0, help="Longest a request waits for its batch to fill.")
+    ] = 5.0,
+    wait: Annotated[bool, typer.Option(help="Wait until the deployment is ready.")] = True,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 120.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy a model version (replaces the running deployment of that model)."""
+    with connect(ctx) as client:
+        status = client.deploy(
+            name,
+            version=version,
+            alias=alias,
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+            max_latency_ms=max_latency_ms,
+        )
+        if wait:
+            with output.spinner(f"Loading {status.name} v{status.version}...", enabled=not as_json):
+                status = client.wait_ready(status.name, timeout)
+    if as_json:
+        output.print_json(status)
+    else:
+        output.print_deployments([status])
+
+
+@output.cli_errors
+def undeploy(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Deployment name.")]
+) -> None:
+    """Stop a deployment and its replicas."""
+    with connect(ctx) as client:
+        client.undeploy(name)
+    output.success(f"Undeployed {name}.")
+
+
+@output.cli_errors
+def scale(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    replicas: Annotated[int, typer.Argument(min=0, max=64, help="New number of replicas.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Change the number of replicas of a deployment."""
+    with connect(ctx) as client:
+        status = client.scale(name, replicas)
+    if as_json:
+        output.print_json(status)
+    else:
+        output.print_deployments([status])
+
+
+@output.cli_errors
+def deployments(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Show only this deployment.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List deployments and the state of their replicas."""
+    with connect(ctx) as client:
+        found = client.deployments() if name is None else [client.deployment(name)]
+    if as_json:
+        output.print_json(found)
+    else:
+        output.print_deployments(found)

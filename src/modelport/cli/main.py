@@ -1,0 +1,141 @@
+"""The ``modelport`` Typer app: global options, ``predict``, ``status`` and ``serve``.
+
+Registry commands live in ``cli.models``, deployment commands in ``cli.deployments``. Every
+command but ``serve`` is a client of a running server (``--url``, env ``MODELPORT_URL``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from modelport.cli import CliState, connect, deployments, load_json_arg, models, output
+from modelport.client import DEFAULT_URL
+from modelport.errors import InvalidInput
+from modelport.settings import Settings
+
+app = typer.Typer(
+    name="modelport",
+    help="Self-hosted model serving: registry, replicas, adaptive batching, Open Inference V2.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # never print API keys held in local variables
+)
+app.add_typer(models.app, name="models")
+app.command("deploy")(deployments.deploy)
+app.command("undeploy")(deployments.undeploy)
+app.command("scale")(deployments.scale)
+app.command("deployments")(deployments.deployments)
+
+
+class LogLevel(StrEnum):
+    """Levels both ``logging`` and uvicorn accept."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Option(envvar="MODELPORT_URL", help="Server URL.", show_envvar=True)
+    ] = DEFAULT_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MODELPORT_API_KEY", help="API key.", show_default=False),
+    ] = None,
+) -> None:
+    """Manage and query a modelport server."""
+    ctx.obj = CliState(url=url, api_key=api_key)
+
+
+@app.command("predict")
+@output.cli_errors
+def predict(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Deployment to query.")],
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help='Instances as JSON (a list, or {"instances": [...]}); @file reads a file, '
+            "- reads stdin.",
+        ),
+    ],
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Version number or alias to query.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run instances through a deployed model and print its predictions."""
+    instances = _instances(load_json_arg(input_, "--input"))
+    with connect(ctx) as client:
+        predictions = client.predict(name, instances, version)
+    if as_json:
+        output.print_json(predictions)
+    else:
+        output.print_pretty_json(predictions)
+
+
+def _instances(data: Any) -> list[Any]:
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+    if not isinstance(data, list):
+        raise InvalidInput('--input must be a JSON list of instances or {"instances": [...]}')
+    return data
+
+
+@app.command("status")
+@output.cli_errors
+def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show the server's version, storage, backend and deployments."""
+    with connect(ctx) as client:
+        server = client.status()
+    if as_json:
+        output.print_json(server)
+    else:
+        output.print_status(server)
+
+
+@app.command("serve")
+@output.cli_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Database and artifact folder.")
+    ] = None,
+    demo: Annotated[
+        bool | None, typer.Option("--demo/--no-demo", help="Deploy the bundled demo models.")
+    ] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(case_sensitive=False)] = None,
+) -> None:
+    """Run the modelport server in the foreground (options override MODELPORT_* env)."""
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "demo_models": demo,
+        "log_level": log_level.value if log_level is not None else None,
+    }
+    try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidInput(f"invalid server settings: {problems}") from None
+    from modelport.server import run  # the server's dependencies load only when serving
+
+    run(settings)

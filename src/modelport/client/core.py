@@ -1,0 +1,520 @@
+"""The sans-IO core shared by the sync and async clients.
+
+Everything that does not depend on *how* bytes travel lives here: building each request
+(method, path, query, body, headers), turning response bodies into the wire models of
+``modelport.types.admin``, rebuilding server errors as the very ``modelport.errors`` classes
+the server raised, and the V2 tensor encoding. ``Client`` and ``AsyncClient`` only send a
+``Call`` and hand the status and body back to it, so the two cannot drift apart.
+
+An operation is a ``Call[T]``: a ``Request`` plus the parser that turns a 2xx body into
+``T``. Non-2xx bodies become exceptions in ``Call.handle``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import orjson
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from modelport import errors
+from modelport.codecs.dtypes import to_numpy_dtype, to_v2_datatype
+from modelport.types.admin import (
+    ArtifactInfo,
+    CreateVersion,
+    DeploymentState,
+    DeploymentStatus,
+    DeploySpec,
+    ModelDetail,
+    ModelInfo,
+    ScaleSpec,
+    ServerStatus,
+    SetAlias,
+    Signature,
+    VersionInfo,
+)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+CHUNK_SIZE = 1024 * 1024
+"""Upload chunk size: big enough to keep syscalls rare, small enough to stream smoothly."""
+
+Progress = Callable[[int], None]
+"""Upload progress callback; receives the total number of bytes sent so far."""
+
+_JSON = "application/json"
+
+ERROR_CODE_HEADER = "X-Modelport-Error"
+"""Carries the error code where the body's shape has no room for it (V1/V2 inference)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, relative to the client's base URL."""
+
+    method: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """A request and the parser of its successful response body."""
+
+    request: Request
+    parse: Callable[[bytes], T]
+
+    def handle(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> T:
+        """The parsed result of a 2xx response; any other status raises its error."""
+        if not 200 <= status < 300:
+            code = headers.get(ERROR_CODE_HEADER) if headers is not None else None
+            raise error_from_response(status, body, code)
+        return self.parse(body)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def error_class(code: str | None, status: int) -> type[errors.ModelportError]:
+    """The error class for a wire ``code`` (see ``modelport.errors.error_for_code``)."""
+    return errors.error_for_code(code, status)
+
+
+def error_from_response(status: int, body: bytes, code: str | None = None) -> errors.ModelportError:
+    """Rebuild the server's exception from an error response.
+
+    Understands the admin shape ``{"error": {"code", "message", "param"}}``, the V2 shape
+    ``{"error": "message"}`` (whose code, if any, comes in the ``X-Modelport-Error`` header,
+    passed as ``code``), FastAPI's ``{"detail": ...}`` and, for anything else (a proxy's
+    HTML page), the status and the start of the body.
+    """
+    param: str | None = None
+    message = ""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        detail = data.get("error", data.get("detail"))
+        if isinstance(detail, dict):
+            code = _str_or_none(detail.get("code")) or code
+            param = _str_or_none(detail.get("param"))
+            message = str(detail.get("message", ""))
+        elif detail is not None:
+            message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    if not message:
+        text = body[:200].decode("utf-8", errors="replace").strip()
+        message = f"HTTP {status}" + (f": {text}" if text else "")
+    return error_class(code, status)(message, param=param)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def transport_error(exc: httpx.TransportError, base_url: str) -> errors.ModelportError:
+    """The modelport error for a request that got no response at all."""
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.DeadlineExceeded(f"request to {base_url} timed out ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError):
+        return errors.Unavailable(f"cannot connect to the modelport server at {base_url}: {exc}")
+    return errors.Unavailable(f"connection to {base_url} failed: {exc}")
+
+
+# --- parsers ------------------------------------------------------------------------------
+
+
+def _parse_model(model: type[M]) -> Callable[[bytes], M]:
+    def parse(body: bytes) -> M:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise _unexpected(model.__name__, exc) from None
+
+    return parse
+
+
+def _parse_list(model: type[M]) -> Callable[[bytes], list[M]]:
+    adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
+
+    def parse(body: bytes) -> list[M]:
+        try:
+            result: list[M] = adapter.validate_json(body)
+        except ValidationError as exc:
+            raise _unexpected(f"list of {model.__name__}", exc) from None
+        return result
+
+    return parse
+
+
+def _parse_nothing(body: bytes) -> None:
+    return None
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.ModelportError(f"the server sent invalid JSON: {exc}") from None
+
+
+def _unexpected(what: str, exc: ValidationError) -> errors.ModelportError:
+    return errors.ModelportError(
+        f"unexpected response from the server (expected {what}): "
+        f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+    )
+
+
+# --- V2 tensors ---------------------------------------------------------------------------
+
+
+def encode_v2_request(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A V2 JSON inference request for named arrays (anything ``np.asarray`` accepts)."""
+    tensors = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        datatype = to_v2_datatype(array.dtype)
+        data: Any
+        if datatype == "BYTES":
+            data = [_text(item) for item in array.ravel().tolist()]
+        else:
+            data = np.ascontiguousarray(array).ravel()  # orjson serializes it natively
+        tensors.append(
+            {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
+        )
+    return {"inputs": tensors}
+
+
+def _text(item: object) -> str:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidInput(
+                "BYTES elements must be UTF-8 text in V2 JSON requests"
+            ) from None
+    return str(item)
+
+
+def decode_v2_response(data: Any) -> dict[str, np.ndarray]:
+    """Named numpy arrays from a V2 JSON inference response."""
+    outputs = data.get("outputs") if isinstance(data, dict) else None
+    if not isinstance(outputs, list):
+        raise errors.ModelportError("unexpected V2 response from the server: no 'outputs' list")
+    result: dict[str, np.ndarray] = {}
+    for tensor in outputs:
+        try:
+            name, shape = str(tensor["name"]), [int(d) for d in tensor["shape"]]
+            dtype = to_numpy_dtype(str(tensor["datatype"]))
+            result[name] = np.asarray(tensor["data"], dtype=dtype).reshape(shape)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise errors.ModelportError(f"unexpected V2 output tensor: {exc}") from None
+    return result
+
+
+def _dumps(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        raise errors.InvalidInput(f"request body is not JSON-serializable: {exc}") from None
+
+
+def _seg(value: str | int) -> str:
+    """One URL path segment; names are validated by the server, quoting keeps them whole."""
+    return quote(str(value), safe="")
+
+
+# --- artifact files -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """An artifact on disk, measured before upload so the server can verify it."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    @classmethod
+    def measure(cls, path: str | os.PathLike[str]) -> ArtifactFile:
+        """Size and SHA-256 of ``path``, read in chunks (the file never sits in memory)."""
+        file_path = Path(path)
+        if not file_path.is_file():
+            raise errors.InvalidInput(f"artifact {str(file_path)!r} is not a file", param="path")
+        try:
+            with file_path.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            size = file_path.stat().st_size
+        except OSError as exc:
+            raise errors.InvalidInput(
+                f"cannot read artifact {str(file_path)!r}: {exc.strerror}", param="path"
+            ) from None
+        return cls(file_path, size, digest)
+
+
+def iter_file(path: Path, progress: Progress | None = None) -> Generator[bytes, None, None]:
+    """The file's bytes in chunks, calling ``progress(total_sent)`` after each chunk is sent.
+
+    The callback runs when the HTTP layer asks for the next chunk, i.e. once the previous
+    one has been handed to the socket, so it counts bytes sent rather than bytes read.
+    """
+    sent = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            yield chunk
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent)
+
+
+def check_uploaded(artifact: ArtifactFile, info: ArtifactInfo) -> None:
+    """Refuse an upload the server stored under a different digest or size."""
+    if info.sha256 != artifact.sha256 or info.size != artifact.size:
+        raise errors.ArtifactCorrupted(
+            f"server stored {info.sha256} ({info.size} bytes) for {artifact.path.name}, "
+            f"expected {artifact.sha256} ({artifact.size} bytes)"
+        )
+
+
+# --- readiness ----------------------------------------------------------------------------
+
+
+def is_ready(status: DeploymentStatus, *, all_replicas: bool = True) -> bool:
+    """Whether a deployment is ready; a failed or stopped one raises with its reason.
+
+    A deployment serves once one replica is ready; with ``all_replicas`` it counts as ready
+    only when every requested replica is (what a script scaling up wants to wait for).
+    """
+    if status.state == DeploymentState.READY:
+        return not all_replicas or status.ready_replicas >= status.replicas
+    if status.state == DeploymentState.FAILED:
+        raise errors.ModelLoadError(
+            f"deployment {status.name!r} failed: {status.reason or 'no reason given'}",
+            param=status.name,
+        )
+    if status.state == DeploymentState.STOPPED:
+        raise errors.NotReady(f"deployment {status.name!r} is stopped", param=status.name)
+    return False
+
+
+def not_ready_in_time(status: DeploymentStatus, timeout: float) -> errors.DeadlineExceeded:
+    """The error for a deployment still loading when ``wait_ready`` gives up."""
+    return errors.DeadlineExceeded(
+        f"deployment {status.name!r} not ready after {timeout:g}s: state {status.state}, "
+        f"{status.ready_replicas}/{status.replicas} replica(s) ready"
+        + (f" ({status.reason})" if status.reason else ""),
+        param=status.name,
+    )
+
+
+def poll_delays(first: float = 0.05, most: float = 0.5) -> Iterator[float]:
+    """Pauses between status polls: quick at first, then at most ``most`` seconds."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, most)
+
+
+# --- the core -----------------------------------------------------------------------------
+
+
+class ClientCore:
+    """Builds every request of the modelport HTTP API; holds no connection."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise errors.InvalidInput(
+                f"server URL {base_url!r} must start with http:// or https://", param="base_url"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.headers: dict[str, str] = {
+            "User-Agent": f"modelport-client/{_version()}",
+            "Accept": _JSON,
+        }
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    # artifacts and registry
+
+    def upload_artifact(self, artifact: ArtifactFile) -> Call[ArtifactInfo]:
+        """``POST /api/artifacts``; the IO layer streams the file as the body."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(artifact.size),
+        }
+        request = Request("POST", "/api/artifacts", {"sha256": artifact.sha256}, None, headers)
+        return Call(request, _parse_model(ArtifactInfo))
+
+    def create_version(
+        self,
+        name: str,
+        artifact: ArtifactFile,
+        runtime: str,
+        *,
+        trusted: bool = False,
+        signature: Signature | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        aliases: Sequence[str] = (),
+    ) -> Call[VersionInfo]:
+        """``POST /api/models/{name}/versions`` registering an uploaded artifact."""
+        try:
+            body = CreateVersion(
+                artifact_sha256=artifact.sha256,
+                artifact_name=artifact.path.name,
+                runtime=runtime,
+                trusted=trusted,
+                signature=Signature.model_validate(signature) if signature is not None else None,
+                metadata=dict(metadata or {}),
+                description=description,
+                aliases=list(aliases),
+            )
+        except ValidationError as exc:
+            raise errors.InvalidInput(f"invalid model version: {exc}") from None
+        return self._json("POST", f"/api/models/{_seg(name)}/versions", body, VersionInfo)
+
+    def list_models(self) -> Call[list[ModelInfo]]:
+        return Call(Request("GET", "/api/models"), _parse_list(ModelInfo))
+
+    def get_model(self, name: str) -> Call[ModelDetail]:
+        return Call(Request("GET", f"/api/models/{_seg(name)}"), _parse_model(ModelDetail))
+
+    def delete_model(self, name: str) -> Call[None]:
+        return Call(Request("DELETE", f"/api/models/{_seg(name)}"), _parse_nothing)
+
+    def get_version(self, name: str, ref: int | str = "latest") -> Call[VersionInfo]:
+        path = f"/api/models/{_seg(name)}/versions/{_seg(ref)}"
+        return Call(Request("GET", path), _parse_model(VersionInfo))
+
+    def delete_version(self, name: str, version: int) -> Call[None]:
+        path = f"/api/models/{_seg(name)}/versions/{_seg(version)}"
+        return Call(Request("DELETE", path), _parse_nothing)
+
+    def set_alias(self, name: str, alias: str, version: int) -> Call[VersionInfo]:
+        body = _validated(SetAlias, {"version": version})
+        path = f"/api/models/{_seg(name)}/aliases/{_seg(alias)}"
+        return self._json("PUT", path, body, VersionInfo)
+
+    def delete_alias(self, name: str, alias: str) -> Call[None]:
+        path = f"/api/models/{_seg(name)}/aliases/{_seg(alias)}"
+        return Call(Request("DELETE", path), _parse_nothing)
+
+    # deployments
+
+    def deploy(
+        self,
+        model: str,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        replicas: int = 1,
+        max_batch_size: int = 1,
+        max_latency_ms: float = 5.0,
+    ) -> Call[DeploymentStatus]:
+        """``POST /api/deployments``; bad values fail here, before any request."""
+        spec = _validated(
+            DeploySpec,
+            {
+                "model": model,
+                "version": version,
+                "alias": alias,
+                "replicas": replicas,
+                "max_batch_size": max_batch_size,
+                "max_latency_ms": max_latency_ms,
+            },
+        )
+        return self._json("POST", "/api/deployments", spec, DeploymentStatus)
+
+    def scale(self, name: str, replicas: int) -> Call[DeploymentStatus]:
+        body = _validated(ScaleSpec, {"replicas": replicas})
+        return self._json("PATCH", f"/api/deployments/{_seg(name)}", body, DeploymentStatus)
+
+    def undeploy(self, name: str) -> Call[None]:
+        return Call(Request("DELETE", f"/api/deployments/{_seg(name)}"), _parse_nothing)
+
+    def deployments(self) -> Call[list[DeploymentStatus]]:
+        return Call(Request("GET", "/api/deployments"), _parse_list(DeploymentStatus))
+
+    def deployment(self, name: str) -> Call[DeploymentStatus]:
+        path = f"/api/deployments/{_seg(name)}"
+        return Call(Request("GET", path), _parse_model(DeploymentStatus))
+
+    def status(self) -> Call[ServerStatus]:
+        return Call(Request("GET", "/api/status"), _parse_model(ServerStatus))
+
+    def ready(self) -> Call[bool]:
+        """``GET /v2/health/ready``; the caller treats an error status as not ready."""
+        return Call(Request("GET", "/v2/health/ready"), lambda body: True)
+
+    # inference
+
+    def predict(
+        self, name: str, instances: Sequence[Any], version: int | str | None = None
+    ) -> Call[list[Any]]:
+        """``POST /v1/models/{name}[/versions/{v}]:predict`` with ``{"instances": [...]}``."""
+        if isinstance(instances, str | bytes) or not isinstance(instances, Sequence | np.ndarray):
+            raise errors.InvalidInput("instances must be a list", param="instances")
+        path = f"/v1/models/{_seg(name)}"
+        if version is not None:
+            path += f"/versions/{_seg(version)}"
+        content = _dumps({"instances": instances})
+        request = Request("POST", f"{path}:predict", content=content, headers=_json_headers())
+        return Call(request, _parse_predictions)
+
+    def infer(
+        self, name: str, inputs: Mapping[str, Any], version: int | str | None = None
+    ) -> Call[dict[str, np.ndarray]]:
+        """``POST /v2/models/{name}[/versions/{v}]/infer`` with V2 JSON tensors."""
+        path = f"/v2/models/{_seg(name)}"
+        if version is not None:
+            path += f"/versions/{_seg(version)}"
+        content = _dumps(encode_v2_request(inputs))
+        request = Request("POST", f"{path}/infer", content=content, headers=_json_headers())
+        return Call(request, lambda body: decode_v2_response(_parse_json(body)))
+
+    def _json(self, method: str, path: str, body: BaseModel, model: type[M]) -> Call[M]:
+        content = body.model_dump_json(exclude_none=True).encode()
+        request = Request(method, path, content=content, headers=_json_headers())
+        return Call(request, _parse_model(model))
+
+
+def _json_headers() -> dict[str, str]:
+    return {"Content-Type": _JSON}
+
+
+def _validated(model: type[M], values: dict[str, Any]) -> M:
+    """Build a request body, turning pydantic's complaint into an ``InvalidInput``."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise errors.InvalidInput(f"invalid {where}: {first['msg']}", param=where) from None
+
+
+def _parse_predictions(body: bytes) -> list[Any]:
+    data = _parse_json(body)
+    predictions = data.get("predictions") if isinstance(data, dict) else None
+    if not isinstance(predictions, list):
+        raise errors.ModelportError("unexpected response from the server: no 'predictions' list")
+    return predictions
+
+
+def _version() -> str:
+    try:
+        return metadata.version("modelport")
+    except metadata.PackageNotFoundError:
+        return "dev"

@@ -1,0 +1,1 @@
+"""Conversions between wire encodings and numpy arrays."""

@@ -1,0 +1,1 @@
+"""Protocol-neutral services (registry, inference, ...) shared by every API route family."""

@@ -1,0 +1,69 @@
+"""Protocol-neutral inference: find the deployment, check inputs, batch, wait.
+
+V2 and V1 routes (and later OpenAI routes) call this; it knows no HTTP. Inputs are checked
+against the version's signature *before* batching, so one caller's bad tensor can never fail
+a batch shared with others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from modelport.engine.deployments import Deployment, DeploymentManager
+from modelport.errors import DeadlineExceeded, InvalidInput, VersionNotFound
+from modelport.runtimes.base import Tensors, validate_inputs
+from modelport.settings import Settings
+
+
+class InferenceService:
+    """Run inference requests against live deployments."""
+
+    def __init__(self, settings: Settings, deployments: DeploymentManager) -> None:
+        self._timeout = settings.request_timeout_s
+        self._deployments = deployments
+
+    def resolve(self, model: str, version: str | None = None) -> Deployment:
+        """The deployment answering for ``model`` (and ``version``, when given)."""
+        live = self._deployments.get(model)
+        if version is not None and version != str(live.record.version):
+            raise VersionNotFound(
+                f"version {version!r} of model {model!r} is not deployed "
+                f"(serving version {live.record.version})",
+                param="version",
+            )
+        return live
+
+    async def infer(
+        self,
+        live: Deployment,
+        inputs: Mapping[str, np.ndarray],
+        params: dict[str, Any] | None = None,
+        *,
+        cast: bool = False,
+    ) -> Tensors:
+        """Validate ``inputs`` against the deployed signature and run them through the batcher."""
+        checked = validate_inputs(live.version.signature, inputs, cast=cast)
+        rows = _rows(checked)
+        if rows == 0:
+            raise InvalidInput("empty batch: inputs have no rows")
+        try:
+            return await asyncio.wait_for(
+                live.batcher.submit(checked, params or {}), timeout=self._timeout
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {live.record.name!r} did not answer within {self._timeout:g} s"
+            ) from None
+
+
+def _rows(inputs: Tensors) -> int:
+    counts = {arr.shape[0] if arr.ndim else 1 for arr in inputs.values()}
+    if len(counts) != 1:
+        raise InvalidInput(f"inputs disagree on the batch size (axis 0): {sorted(counts)}")
+    if any(arr.ndim == 0 for arr in inputs.values()):
+        raise InvalidInput("inputs need a batch dimension (axis 0)")
+    return counts.pop()

@@ -1,0 +1,59 @@
+"""The one place where the server's objects are built and wired together.
+
+``build_services`` turns a ``Settings`` into every long-lived object the API needs; the API
+layer receives the result and never constructs engines, stores or backends itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelport.backends.base import Backend
+from modelport.backends.local import LocalBackend
+from modelport.engine.deployments import DeploymentManager
+from modelport.engine.inference import InferenceService
+from modelport.engine.models import ModelService
+from modelport.engine.registry import Registry
+from modelport.observability.metrics import Metrics
+from modelport.settings import Settings
+from modelport.storage.artifacts import ArtifactStore, LocalArtifactStore
+from modelport.storage.db import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    artifacts: ArtifactStore
+    registry: Registry
+    backend: Backend
+    metrics: Metrics
+    deployments: DeploymentManager
+    inference: InferenceService
+    models: ModelService
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    """Create (but do not start) the server's services."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.db_url)
+    artifacts = LocalArtifactStore(settings.artifacts_root)
+    registry = Registry(database, artifacts)
+    backend = LocalBackend(settings)
+    metrics = Metrics()
+    deployments = DeploymentManager(settings, registry, artifacts, backend, metrics)
+    return Services(
+        settings=settings,
+        database=database,
+        artifacts=artifacts,
+        registry=registry,
+        backend=backend,
+        metrics=metrics,
+        deployments=deployments,
+        inference=InferenceService(settings, deployments),
+        models=ModelService(settings, registry, artifacts),
+    )

@@ -1,0 +1,97 @@
+"""Prometheus metrics, one registry per server instance (no process globals).
+
+Counters and histograms are updated on the request path; replica and queue gauges are read
+at scrape time from the live objects through a custom collector, so they are never stale
+and cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class DeploymentGauges:
+    """A snapshot of one deployment, taken at scrape time."""
+
+    name: str
+    queue_depth: int
+    replicas_desired: int
+    replicas_ready: int
+    restarts: int
+
+
+class _LiveCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Iterable[DeploymentGauges]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "modelport_queue_depth", "Requests waiting to be batched", labels=["model"]
+        )
+        desired = GaugeMetricFamily(
+            "modelport_replicas_desired", "Replicas asked for", labels=["model"]
+        )
+        ready = GaugeMetricFamily("modelport_replicas_ready", "Replicas serving", labels=["model"])
+        restarts = CounterMetricFamily(
+            "modelport_replica_restarts", "Replica restarts after a crash", labels=["model"]
+        )
+        for snap in self._snapshot():
+            queue.add_metric([snap.name], snap.queue_depth)
+            desired.add_metric([snap.name], snap.replicas_desired)
+            ready.add_metric([snap.name], snap.replicas_ready)
+            restarts.add_metric([snap.name], snap.restarts)
+        yield from (queue, desired, ready, restarts)
+
+
+class Metrics:
+    """The server's metrics; ``render()`` gives the Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelport_requests",
+            "Inference requests by model, protocol and outcome",
+            ["model", "protocol", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelport_request_latency_seconds",
+            "Inference latency seen by the server, parse to response",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelport_batch_size",
+            "Rows per model call after batching",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, model: str, protocol: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, protocol, str(status)).inc()
+        self.latency.labels(model, protocol).observe(seconds)
+
+    def batch_observer(self, model: str) -> Callable[[int], None]:
+        """A callback for a batcher: records the size of each dispatched batch."""
+        child = self.batch_size.labels(model)
+        return child.observe
+
+    def track(self, snapshot: Callable[[], Iterable[DeploymentGauges]]) -> None:
+        """Report live deployment gauges from ``snapshot`` at every scrape."""
+        self.registry.register(_LiveCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,157 @@
+"""Admin wire models: registry objects, deployments and their status.
+
+These are the shapes the admin API returns and the Python client parses, so the client and
+server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class TensorSpec(BaseModel):
+    """One named tensor of a model signature; ``-1`` marks a variable dimension."""
+
+    name: str
+    datatype: str = Field(description="V2 datatype, e.g. FP32, INT64, BYTES")
+    shape: list[int]
+
+
+class Signature(BaseModel):
+    """Inputs and outputs of a model version."""
+
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    description: str = ""
+    created_at: datetime
+    latest_version: int | None = None
+    aliases: dict[str, int] = Field(default_factory=dict)
+
+
+class VersionInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model: str
+    version: int
+    runtime: str
+    artifact_sha256: str
+    artifact_name: str
+    artifact_size: int
+    trusted: bool = False
+    signature: Signature
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    aliases: list[str] = Field(default_factory=list)
+
+
+class ModelDetail(ModelInfo):
+    versions: list[VersionInfo] = Field(default_factory=list)
+
+
+class ArtifactInfo(BaseModel):
+    sha256: str
+    size: int
+
+
+class CreateVersion(BaseModel):
+    """Body of ``POST /api/models/{name}/versions``: register an uploaded artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    artifact_name: str = Field(min_length=1, max_length=255)
+    runtime: str
+    trusted: bool = False
+    signature: Signature | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+    def signature_or_empty(self) -> Signature:
+        return self.signature or Signature()
+
+
+class SetAlias(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class DeploymentState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+class DeploySpec(BaseModel):
+    """Body of ``POST /api/deployments``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=NAME_PATTERN)
+    version: int | None = Field(default=None, ge=1, description="Default: newest version.")
+    alias: str | None = Field(default=None, description="Resolve the version via this alias.")
+    replicas: int = Field(default=1, ge=0, le=64)
+    max_batch_size: int = Field(default=1, ge=1, le=65536)
+    max_latency_ms: float = Field(default=5.0, ge=0, le=60_000)
+
+
+class ScaleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=0, le=64)
+
+
+class ReplicaStatus(BaseModel):
+    id: str
+    state: ReplicaState
+    pid: int | None = None
+    restarts: int = 0
+    reason: str | None = None
+    inflight: int = 0
+
+
+class DeploymentStatus(BaseModel):
+    name: str
+    model: str
+    version: int
+    runtime: str
+    replicas: int
+    max_batch_size: int
+    max_latency_ms: float
+    state: DeploymentState
+    reason: str | None = None
+    ready_replicas: int = 0
+    replica_status: list[ReplicaStatus] = Field(default_factory=list)
+    queue_depth: int = 0
+
+
+class ServerStatus(BaseModel):
+    version: str
+    database: str
+    backend: str
+    models: int
+    deployments: list[DeploymentStatus]
