@@ -180,6 +180,22 @@ def test_declared_signature_may_narrow_outputs(build: Callable) -> None:
     assert list(runtime.predict(case.make_inputs(2))) == ["label"]
 
 
+def test_export_with_a_narrowed_signature_and_mismatched_inputs(build: Callable) -> None:
+    case: ModelCase = build(models.build_torch_export)
+    narrow = case.signature.model_copy(update={"outputs": case.signature.outputs[1:]})
+    spec = LoadSpec("torch", case.path, case.artifact_name, "0" * 64, signature=narrow)
+    runtime = runtime_class("torch")(spec)
+    assert runtime.load() == narrow
+    inputs = case.make_inputs(4)
+    got = runtime.predict(inputs)
+    assert list(got) == ["output__1"]
+    assert np.array_equal(got["output__1"], case.reference(inputs)["output__1"])
+    # both inputs share the batch dimension; the program checks it, we report bad input
+    inputs["input__1"] = inputs["input__1"][:3]
+    with pytest.raises(InvalidInput, match="do not fit the exported program"):
+        runtime.predict(inputs)
+
+
 def test_crashy_classifier_segfaults_its_process(build: Callable) -> None:
     """The crash fixture really dies by SIGSEGV when loaded by the sklearn runtime."""
     path: Path = build(models.build_crashy_joblib)

@@ -62,15 +62,14 @@ def artifact(tmp_path: Path, config: dict[str, Any], name: str = "echo.json") ->
 
 
 def make_backend(tmp_path: Path, **overrides: Any) -> LocalBackend:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        worker_restart_backoff_s=0.2,
-        worker_restart_backoff_max_s=1.0,
-        worker_start_timeout_s=30,
-        request_timeout_s=10,
-        **overrides,
-    )
-    return LocalBackend(settings)
+    fields: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "worker_restart_backoff_s": 0.2,
+        "worker_restart_backoff_max_s": 1.0,
+        "worker_start_timeout_s": 30,
+        "request_timeout_s": 10,
+    }
+    return LocalBackend(Settings(**{**fields, **overrides}))
 
 
 def replica_set(name: str, load: LoadSpec, replicas: int = 1) -> ReplicaSetSpec:
@@ -180,11 +179,15 @@ def test_a_crash_fails_inflight_calls_at_once_and_the_replica_comes_back(tmp_pat
 def test_a_load_failure_marks_the_replica_failed_without_restarting(tmp_path: Path) -> None:
     async def main() -> None:
         backend = make_backend(tmp_path)
+        impatient = make_backend(tmp_path / "impatient", worker_start_timeout_s=4)
         corrupt = artifact(tmp_path, {})
         corrupt.artifact_path.write_text('{"changed": "on disk"}')
         await backend.deploy(replica_set("corrupt", corrupt))
         await backend.deploy(replica_set("broken", artifact(tmp_path, {"fail": "no weights"})))
         await backend.deploy(replica_set("segv", artifact(tmp_path, {"crash": True})))
+        await impatient.deploy(replica_set("slow", artifact(tmp_path, {"sleep": 30})))
+        unknown = LoadSpec(**{**artifact(tmp_path, {}).__dict__, "runtime": "nope", "options": {}})
+        await backend.deploy(replica_set("unknown", unknown))
 
         failed = lambda s: s[0].state is ReplicaState.FAILED  # noqa: E731
         corrupt_status = (await wait_until(backend, "corrupt", failed))[0]
@@ -196,6 +199,10 @@ def test_a_load_failure_marks_the_replica_failed_without_restarting(tmp_path: Pa
         assert (
             "SIGSEGV" in segv_status.reason and "echo: crashing while loading" in segv_status.reason
         )
+        slow_status = (await wait_until(impatient, "slow", failed))[0]
+        assert slow_status.reason and "did not load within 4 s" in slow_status.reason
+        unknown_status = (await wait_until(backend, "unknown", failed))[0]
+        assert unknown_status.reason and "unknown runtime 'nope'" in unknown_status.reason
 
         started = time.monotonic()
         with pytest.raises(
@@ -205,11 +212,13 @@ def test_a_load_failure_marks_the_replica_failed_without_restarting(tmp_path: Pa
         assert time.monotonic() - started < 1  # no waiting for a replica that cannot come
 
         await asyncio.sleep(1.0)  # five restart backoffs' worth: no restart may happen
-        for name in ("corrupt", "broken", "segv"):
-            (status,) = backend.replicas(name)
+        names = ("corrupt", "broken", "segv", "unknown")
+        statuses = [s for name in names for s in backend.replicas(name)]
+        for status in [*statuses, *impatient.replicas("slow")]:
             assert (status.state, status.restarts) == (ReplicaState.FAILED, 0)
             assert status.pid is not None and is_gone(status.pid)
         await backend.shutdown()
+        await impatient.shutdown()
 
     run(main())
 

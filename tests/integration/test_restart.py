@@ -14,10 +14,10 @@ from tests.integration.server_process import ServerProcess
 def _build_iris_skops(path: Path) -> None:
     import skops.io as sio
     from sklearn.datasets import load_iris
-    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.linear_model import LogisticRegression
 
     x, y = load_iris(return_X_y=True)
-    sio.dump(DecisionTreeClassifier(random_state=0).fit(x, y), path)
+    sio.dump(LogisticRegression(C=0.5, max_iter=1000).fit(x, y), path)
 
 
 def _infer(url: str, model: str, rows: np.ndarray) -> list[int]:

@@ -49,12 +49,35 @@ from modelport.runtimes.base import LoadSpec
 from modelport.types.admin import Signature, TensorSpec
 
 
+class Wire:
+    """A socketpair: ``server`` for the asyncio side, ``worker`` for a stand-in worker."""
+
+    def __init__(self) -> None:
+        self.server, self.worker = socket.socketpair()
+        self._threads: list[threading.Thread] = []
+
+    def serve(self, handle: Callable[[Message], list[Message]]) -> None:
+        """Answer each message on ``worker`` with ``handle``'s replies, in a thread, until EOF."""
+
+        def loop() -> None:
+            while (message := recv_message(self.worker)) is not None:
+                for reply in handle(message):
+                    send_message(self.worker, reply)
+
+        self._threads.append(_in_thread(loop))
+
+    def close(self) -> None:
+        self.server.close()  # EOF for the stand-in worker, which then returns
+        for thread in self._threads:
+            thread.join(5)
+        self.worker.close()
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
+def wire() -> Iterator[Wire]:
+    wire = Wire()
+    yield wire
+    wire.close()
 
 
 def _in_thread(target: Callable[[], Any]) -> threading.Thread:
@@ -63,8 +86,8 @@ def _in_thread(target: Callable[[], Any]) -> threading.Thread:
     return thread
 
 
-def test_blocking_roundtrip_keeps_arrays_exact(pair: tuple[socket.socket, socket.socket]) -> None:
-    a, b = pair
+def test_blocking_roundtrip_keeps_arrays_exact(wire: Wire) -> None:
+    a, b = wire.server, wire.worker
     inputs = {
         "x": np.arange(12, dtype=np.float32).reshape(3, 4),
         "text": np.array([b"caf\xc3\xa9", b"", "naïve"], dtype=object),
@@ -84,8 +107,8 @@ def test_blocking_roundtrip_keeps_arrays_exact(pair: tuple[socket.socket, socket
     got["x"][0, 0] = 99.0  # arrays arrive writable, so runtimes may work in place
 
 
-def test_big_array_crosses_in_both_directions(pair: tuple[socket.socket, socket.socket]) -> None:
-    a, b = pair
+def test_big_array_crosses_in_both_directions(wire: Wire) -> None:
+    a, b = wire.server, wire.worker
     big = np.random.default_rng(0).random((2048, 2048))  # 32 MiB: far above socket buffers
 
     async def main() -> Message | None:
@@ -102,8 +125,8 @@ def test_big_array_crosses_in_both_directions(pair: tuple[socket.socket, socket.
     np.testing.assert_array_equal(answer[2]["y"], big)
 
 
-def test_eof_and_truncated_frames_read_as_none(pair: tuple[socket.socket, socket.socket]) -> None:
-    a, b = pair
+def test_eof_and_truncated_frames_read_as_none(wire: Wire) -> None:
+    a, b = wire.server, wire.worker
     header, payload = encode((RESULT, 1, {}))
     a.sendall(header + payload[:3])  # a worker killed in the middle of a write
     a.close()
@@ -155,21 +178,10 @@ def test_errors_cross_with_their_type_and_foreign_ones_keep_their_name() -> None
 # -- WorkerConnection ------------------------------------------------------------------------
 
 
-def _serve(sock: socket.socket, handle: Callable[[Message], list[Message]]) -> threading.Thread:
-    """A stand-in worker: answers each message with ``handle``'s replies until EOF."""
-
-    def loop() -> None:
-        while (message := recv_message(sock)) is not None:
-            for reply in handle(message):
-                send_message(sock, reply)
-
-    return _in_thread(loop)
-
-
 def test_concurrent_calls_get_their_own_replies_even_out_of_order(
-    pair: tuple[socket.socket, socket.socket],
+    wire: Wire,
 ) -> None:
-    a, b = pair
+    a = wire.server
     held: list[Message] = []
 
     def handle(message: Message) -> list[Message]:
@@ -179,7 +191,7 @@ def test_concurrent_calls_get_their_own_replies_even_out_of_order(
         # answer all three at once, newest first
         return [(RESULT, m[1], {"y": m[2]["x"] * 10}) for m in reversed(held)]
 
-    _serve(b, handle)
+    wire.serve(handle)
 
     async def main() -> list[Any]:
         reader, writer = await asyncio.open_connection(sock=a)
@@ -193,16 +205,16 @@ def test_concurrent_calls_get_their_own_replies_even_out_of_order(
 
 
 def test_error_reply_is_rebuilt_and_the_connection_stays_usable(
-    pair: tuple[socket.socket, socket.socket],
+    wire: Wire,
 ) -> None:
-    a, b = pair
+    a = wire.server
 
     def handle(message: Message) -> list[Message]:
         if message[2]["x"][0] < 0:
             return [(ERROR, message[1], UnsafeArtifact("nope", param="x").to_dict())]
         return [(RESULT, message[1], message[2])]
 
-    _serve(b, handle)
+    wire.serve(handle)
 
     async def main() -> int:
         reader, writer = await asyncio.open_connection(sock=a)
@@ -218,9 +230,9 @@ def test_error_reply_is_rebuilt_and_the_connection_stays_usable(
 
 
 def test_cancelled_call_sends_cancel_and_its_late_result_is_dropped(
-    pair: tuple[socket.socket, socket.socket],
+    wire: Wire,
 ) -> None:
-    a, b = pair
+    a = wire.server
     seen: list[Message] = []
 
     def handle(message: Message) -> list[Message]:
@@ -232,7 +244,7 @@ def test_cancelled_call_sends_cancel_and_its_late_result_is_dropped(
             return [(RESULT, message[1], {"x": np.array([111])})]
         return [(RESULT, message[1], message[2])]
 
-    _serve(b, handle)
+    wire.serve(handle)
 
     async def main() -> int:
         reader, writer = await asyncio.open_connection(sock=a)
@@ -251,9 +263,9 @@ def test_cancelled_call_sends_cancel_and_its_late_result_is_dropped(
 
 
 def test_fail_answers_pending_and_later_calls_at_once(
-    pair: tuple[socket.socket, socket.socket],
+    wire: Wire,
 ) -> None:
-    a, _b = pair  # nobody answers on _b
+    a = wire.server  # nobody answers on the worker end
 
     async def main() -> None:
         reader, writer = await asyncio.open_connection(sock=a)
@@ -272,9 +284,9 @@ def test_fail_answers_pending_and_later_calls_at_once(
 
 
 def test_stream_yields_chunks_and_closing_early_sends_cancel(
-    pair: tuple[socket.socket, socket.socket],
+    wire: Wire,
 ) -> None:
-    a, b = pair
+    a = wire.server
     seen: list[Message] = []
 
     def handle(message: Message) -> list[Message]:
@@ -284,7 +296,7 @@ def test_stream_yields_chunks_and_closing_early_sends_cancel(
             return [*((CHUNK, message[1], i) for i in range(n)), (END, message[1])]
         return []
 
-    _serve(b, handle)
+    wire.serve(handle)
 
     async def main() -> tuple[list[int], list[int]]:
         reader, writer = await asyncio.open_connection(sock=a)
@@ -318,16 +330,14 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_subverted_worker_cannot_run_code_in_the_server(
-    pair: tuple[socket.socket, socket.socket], tmp_path: Path
-) -> None:
-    a, b = pair
+def test_a_subverted_worker_cannot_run_code_in_the_server(wire: Wire, tmp_path: Path) -> None:
+    a = wire.server
     marker = tmp_path / "pwned"
 
     def handle(message: Message) -> list[Message]:
         return [(RESULT, message[1], {"y": _Evil(marker)})]
 
-    _serve(b, handle)
+    wire.serve(handle)
 
     async def main() -> None:
         reader, writer = await asyncio.open_connection(sock=a)

@@ -22,13 +22,8 @@ import pytest
 import skops.io as sio
 
 from modelport.errors import UnsafeArtifact
-from modelport.runtimes.safety import (
-    ArtifactFormat,
-    check_not_pickle,
-    pickle_globals,
-    pt2_hazards,
-    sniff_format,
-)
+from modelport.runtimes.safety import ArtifactFormat, check_not_pickle, pickle_globals, sniff_format
+from modelport.runtimes.torch import TorchRuntime, pt2_hazards
 from tests.fixtures import models
 
 F = ArtifactFormat
@@ -73,6 +68,14 @@ def test_compressed_pickles_and_compressed_other_things(
     assert sniff_format(_write(tmp_path, "a", pickled), "a") == F.PICKLE
     text = compress(b"just some text, nothing to unpickle\n" * 20)
     assert sniff_format(_write(tmp_path, "b", text), "b") == F.COMPRESSED
+
+
+def test_legacy_joblib_zfile_is_a_pickle(tmp_path: Path) -> None:
+    from joblib.numpy_pickle_compat import write_zfile
+
+    with (tmp_path / "old.pkl").open("wb") as fh:
+        write_zfile(fh, pickle.dumps(_Evil(), protocol=2))
+    assert sniff_format(tmp_path / "old.pkl", "old.pkl") == F.PICKLE
 
 
 def test_lz4_stream_counts_as_pickle_only_under_a_pickle_name(tmp_path: Path) -> None:
@@ -181,7 +184,7 @@ def test_pickle_globals_gives_up_on_extension_codes() -> None:
     assert pickle_globals(b"not a pickle") is None
 
 
-# --- torch.export archives --------------------------------------------------------------
+# --- torch.export archives (vetted by the torch runtime) --------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +213,7 @@ def _edit_json(src: Path, dest: Path, member: str, change: Callable[[dict], None
 def test_plain_export_has_no_hazards(pt2: Path) -> None:
     assert sniff_format(pt2, pt2.name) == F.TORCH_EXPORT
     assert pt2_hazards(pt2) == []
-    assert check_not_pickle(pt2, pt2.name, trusted=False) == F.TORCH_EXPORT
+    TorchRuntime.check_artifact(pt2, pt2.name, trusted=False)
 
 
 def _set_guard(doc: dict) -> None:
@@ -246,8 +249,8 @@ def test_code_in_an_export_archive_is_found(
     hazards = pt2_hazards(bad)
     assert len(hazards) >= 1 and hazard in hazards[0]
     with pytest.raises(UnsafeArtifact, match=r"torch\.export archive 'bad\.pt2' can run code"):
-        check_not_pickle(bad, bad.name, trusted=False)
-    assert check_not_pickle(bad, bad.name, trusted=True) == F.TORCH_EXPORT
+        TorchRuntime.check_artifact(bad, bad.name, trusted=False)
+    TorchRuntime.check_artifact(bad, bad.name, trusted=True)
 
 
 def test_sample_inputs_must_be_tensors_only(pt2: Path, tmp_path: Path) -> None:

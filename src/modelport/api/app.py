@@ -7,6 +7,7 @@ and the server each build their own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,13 @@ from modelport.engine.services import Services
 log = logging.getLogger("modelport")
 
 
+async def _become_ready(app: FastAPI, services: Services) -> None:
+    if not await services.deployments.wait_settled(services.settings.worker_start_timeout_s):
+        log.warning("some deployments are still loading; reporting ready anyway")
+    app.state.ready = True
+    log.info("modelport ready (data dir %s)", services.settings.data_dir)
+
+
 def create_app(services: Services) -> FastAPI:
     """Build the ASGI app serving ``services``."""
 
@@ -37,11 +45,12 @@ def create_app(services: Services) -> FastAPI:
         await services.deployments.restore()
         if services.settings.demo_models:
             await install_demo_models(services)
-        app.state.ready = True
-        log.info("modelport ready (data dir %s)", services.settings.data_dir)
+        # Live at once; ready (V2 health) once the deployments have finished loading.
+        settle = asyncio.create_task(_become_ready(app, services))
         try:
             yield
         finally:
+            settle.cancel()
             app.state.ready = False
             await services.deployments.shutdown()
             services.close()

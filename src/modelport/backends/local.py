@@ -370,8 +370,6 @@ class _LocalReplica(Replica):
         try:
             load_error = await self._load(conn, exited, stopping)
             if load_error is not None:
-                if not exited.done() and not stopping.done():
-                    await _wait_task(exited, _KILL_GRACE_S)  # "failed": it exits by itself
                 await _terminate(process)
                 if self._stopping.is_set():
                     return False
@@ -425,9 +423,12 @@ class _LocalReplica(Replica):
             answer = handshake.result()
         except ConnectionError:
             answer = None
+        except WorkerCrashed as exc:  # it answered something that is not a message
+            return exc.message
         if answer is not None and answer[0] == READY:
             return None
         if answer is not None and answer[0] == FAILED:
+            await _wait_task(exited, _KILL_GRACE_S)  # it exits by itself, with code 3
             return ModelportError.from_dict(answer[1]).message
         code = await _wait_task(exited, _KILL_GRACE_S)
         return f"crashed while loading ({_describe_exit(code)})"

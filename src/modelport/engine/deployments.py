@@ -125,6 +125,15 @@ class DeploymentManager:
                 # The record stays; status shows the reason until the user redeploys or removes it.
                 self._failed[record.name] = (record, str(exc))
 
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait until no deployment is still loading (server readiness at start)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while any(s.state == DeploymentState.LOADING for s in self.statuses()):
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def shutdown(self) -> None:
         for live in self._live.values():
             await live.batcher.close()

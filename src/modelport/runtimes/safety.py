@@ -4,25 +4,20 @@ Registration happens in the API process, so everything here reads bytes and neve
 anything from the artifact: no unpickling, no protobuf or torch import, no ``eval``.
 
 Why it matters: a pickle (``pickle``, ``joblib``, ``torch.save``) runs arbitrary code when it
-is loaded. Such artifacts are accepted only with ``trusted=True``. A ``torch.export``
-archive (``.pt2``) looks like data, but ``torch.export.load`` unpickles some of its members,
-evaluates its shape expressions with ``sympy`` and its guards as Python, and resolves graph
-targets by attribute name; so a ``.pt2`` is accepted untrusted only when every one of those
-parts matches what ``torch.export.save`` writes for an ordinary tensor program
-(:func:`pt2_hazards`).
+is loaded, so such artifacts are accepted only with ``trusted=True``. Containers that
+embed pickles or code are vetted by their runtime with the helpers here (the torch runtime
+does so for torch.export archives).
 """
 
 from __future__ import annotations
 
 import bz2
 import io
-import json
 import lzma
 import pickletools
-import re
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
@@ -101,15 +96,6 @@ def check_not_pickle(path: Path, name: str, trusted: bool) -> ArtifactFormat:
             "or export it to skops/ONNX",
             param="trusted",
         )
-    if fmt == ArtifactFormat.TORCH_EXPORT:
-        hazards = pt2_hazards(path)
-        if hazards:
-            raise UnsafeArtifact(
-                f"torch.export archive {name!r} can run code when loaded: "
-                f"{'; '.join(hazards[:5])}. Re-upload with trusted=True (CLI: --trusted) "
-                "if you trust its author",
-                param="trusted",
-            )
     return fmt
 
 
@@ -124,6 +110,8 @@ def _sniff_head(head: bytes, complete: bool, name: str) -> ArtifactFormat:
         if inner and _is_pickle(inner, complete=False):
             return ArtifactFormat.PICKLE
         return ArtifactFormat.COMPRESSED
+    if head.startswith(b"ZF0x"):  # joblib < 0.9.3 "z-file": always a zlib'd pickle
+        return ArtifactFormat.PICKLE
     if head.startswith(b"\x04\x22\x4d\x18"):  # lz4 frame, joblib's only other codec
         is_joblib = name.lower().endswith(_PICKLE_SUFFIXES)
         return ArtifactFormat.PICKLE if is_joblib else ArtifactFormat.COMPRESSED
@@ -178,8 +166,6 @@ def _decompress_head(head: bytes) -> bytes | None:
         (head[:6] == b"\xfd7zXZ\x00", lzma.LZMADecompressor),
         (head[:3] == b"\x5d\x00\x00", lambda: lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)),
     ]
-    if head[:2] == b"ZF":  # joblib < 0.10 zlib files: "ZF" + hex length + zlib stream
-        return _decompress_head(head[18:]) if _is_zlib(head[18:]) else None
     for matches, make in decoders:
         if not matches:
             continue
@@ -314,157 +300,3 @@ def pickle_globals(data: bytes) -> set[str] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return found
-
-
-# What torch.save() writes for tensors, tuples and dicts of tensors: nothing executable.
-_TENSOR_GLOBALS = re.compile(
-    r"^(torch\._utils _rebuild_(tensor_v2|tensor_v3|parameter)|collections OrderedDict"
-    r"|torch \w*Storage|torch (float|bfloat|int|uint|bool|complex)\d*|torch device)$"
-)
-
-
-def torch_save_is_tensors_only(data: bytes) -> bool:
-    """True if ``data`` is a torch.save() zip whose pickle only rebuilds tensors."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith(".pkl")]
-            if len(pickles) != 1 or not pickles[0].endswith("/data.pkl"):
-                return False
-            found = pickle_globals(archive.read(pickles[0]))
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return found is not None and all(_TENSOR_GLOBALS.match(g) for g in found)
-
-
-# --- torch.export archives --------------------------------------------------------------
-
-_PY_TARGET = re.compile(
-    r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge"
-    r"|and_|or_|xor|not_|invert|lshift|rshift)|math\.(ceil|floor|trunc|sqrt)"
-)
-# aten operators whose names are dunders; any other dunder in a target walks out of torch.ops
-_DUNDER_OPS = re.compile(r"__i?(and|or|xor|lshift|rshift)__")
-# Names the sympy shape expressions of an exported program use. sympify evaluates its
-# input with Python builtins in scope, so any other name makes the archive unsafe.
-_SYMPY_NAMES = re.compile(
-    r"Symbol|Integer|Rational|Float|Add|Mul|Pow|Max|Min|Abs|Mod|FloorDiv|CeilDiv|PythonMod"
-    r"|ModularIndexing|CleanDiv|IntTrueDiv|FloatTrueDiv|TruncToInt|FloorToInt|CeilToInt"
-    r"|RoundToInt|RoundDecimal|ToFloat|TruncToFloat|Identity|LShift|RShift|floor|ceiling"
-    r"|Eq|Ne|Ge|Gt|Le|Lt|Equality|Unequality|StrictLessThan|StrictGreaterThan|LessThan"
-    r"|GreaterThan|And|Or|Not|Where|true|false|True|False|oo|zoo|nan|int_oo|Infinity"
-    r"|NegativeInfinity|IntInfinity|NegativeIntInfinity|(OpaqueUnaryFn|BitwiseFn)_[a-z_]+"
-    r"|positive|negative|nonnegative|integer|real|finite"  # Symbol() assumptions
-    r"|[a-z]+\d+"  # symbol names such as s0, u3
-)
-_GUARD_NAMES = re.compile(r"L|size|stride|storage_offset|dim|numel|and|or|not|None|True|False")
-_EXPR_CHARS = re.compile(r"^[\w\s+\-*/%(),<>=!.\[\]]*$")
-_QUOTED = re.compile(r"'[A-Za-z_]\w*'")
-
-
-def pt2_hazards(path: Path) -> list[str]:
-    """Reasons a torch.export archive could run code when loaded (empty if none).
-
-    An allowlist of what ``torch.export.save`` writes for a plain tensor program: raw
-    weights and constants, a tensors-only sample-input pickle, graph targets that are
-    ``torch.ops`` operators, and shape expressions and guards over a small vocabulary.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return _archive_hazards(archive)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # ValueError: bad JSON
-        return [f"the archive cannot be read ({exc})"]
-
-
-def _archive_hazards(archive: zipfile.ZipFile) -> list[str]:
-    names = archive.namelist()
-    hazards = [f"member {n!r} is not part of a plain program" for n in names if _odd(n)]
-    for name in names:
-        inner = name.split("/", 1)[-1]
-        if inner.startswith("data/") and inner.endswith("_config.json"):
-            hazards.extend(_payload_hazards(inner, json.loads(archive.read(name))))
-        elif inner.startswith("data/sample_inputs/"):
-            blob = archive.read(name)
-            if blob and not torch_save_is_tensors_only(blob):
-                hazards.append(f"sample inputs {inner!r} are a pickle of more than tensors")
-        elif inner.startswith("models/") and inner.endswith(".json"):
-            hazards.extend(_program_hazards(json.loads(archive.read(name))))
-    return hazards
-
-
-def _odd(name: str) -> bool:
-    inner = name.split("/", 1)[-1]
-    if inner in ("archive_format", "archive_version", "byteorder") or inner.startswith(
-        (".data/", "extra/", "models/", "data/sample_inputs/")
-    ):
-        return False
-    if inner.startswith(("data/weights/", "data/constants/")):
-        # raw payloads and their configs; legacy "<model>.pt" files are whole pickles
-        return inner.endswith(".pt")
-    return True  # aotinductor/ (compiled .so), executorch/, anything unknown
-
-
-def _payload_hazards(member: str, config: dict[str, Any]) -> list[str]:
-    hazards = []
-    for fqn, meta in (config.get("config") or {}).items():
-        path_name = str(meta.get("path_name", ""))
-        if meta.get("use_pickle"):
-            hazards.append(f"{member}: {fqn!r} is stored as a pickle")
-        elif member.startswith("data/constants/") and not path_name.startswith("tensor_"):
-            hazards.append(f"{member}: constant {fqn!r} is a pickled object")
-    return hazards
-
-
-def _program_hazards(program: dict[str, Any]) -> list[str]:
-    hazards = []
-    for key, value in _strings(program):
-        if key == "target" and not _is_operator(value):
-            hazards.append(f"graph calls {value!r}, which is not a torch operator")
-        elif key == "expr_str" and not _vocabulary_ok(value, _SYMPY_NAMES):
-            hazards.append(f"shape expression {value[:80]!r} is not a plain formula")
-    for guard in program.get("guards_code") or []:
-        if not _vocabulary_ok(str(guard), _GUARD_NAMES):
-            hazards.append(f"guard {str(guard)[:80]!r} is not a plain shape check")
-    for symbol in program.get("range_constraints") or {}:
-        if not re.fullmatch(r"[A-Za-z]\w*", str(symbol)) or "__" in str(symbol):
-            hazards.append(f"range constraint on {str(symbol)[:80]!r}")
-    return hazards
-
-
-def _is_operator(target: str) -> bool:
-    """True for ``torch.ops.<namespace>.<op>[.<overload>]`` and a few Python operators.
-
-    The deserializer resolves targets with getattr from ``torch``, so a dunder or a
-    longer path could reach any Python object (``torch.ops.load_library``, ``os``...).
-    """
-    if _PY_TARGET.fullmatch(target):
-        return True
-    parts = target.split(".")
-    if parts[:2] != ["torch", "ops"] or len(parts) not in (4, 5):
-        return False
-    namespace, op, *overload = parts[2:]
-    return (
-        all(p.isidentifier() for p in parts)
-        and not namespace.startswith("__")
-        and (not op.startswith("__") or bool(_DUNDER_OPS.fullmatch(op)))
-        and not any(o.startswith("__") for o in overload)
-    )
-
-
-def _vocabulary_ok(text: str, allowed: re.Pattern[str]) -> bool:
-    """True if ``text`` only uses ``allowed`` names (plus quoted symbol names and numbers)."""
-    bare = _QUOTED.sub("0", text)  # quoted names are inert literals; no other quote may stay
-    if not _EXPR_CHARS.match(bare):
-        return False
-    words = re.findall(r"[A-Za-z_]\w*", bare)
-    return all(allowed.fullmatch(w) for w in words)
-
-
-def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _strings(v, str(k))
-    elif isinstance(node, list):
-        for v in node:
-            yield from _strings(v, key)
-    elif isinstance(node, str):
-        yield key, node

@@ -107,12 +107,16 @@ def _load_skops(spec: LoadSpec) -> Any:
     import skops.io as sio
 
     path = spec.artifact_path
-    untrusted = sio.get_untrusted_types(file=path)
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises many types for a damaged or foreign file
+        raise ModelLoadError(f"cannot read {spec.artifact_name!r} with skops: {exc}") from exc
     if untrusted and not spec.trusted:
         raise UnsafeArtifact(
             f"{spec.artifact_name!r} contains types skops does not trust by default: "
-            f"{', '.join(untrusted)}. Loading them can run their code; re-upload with "
-            "trusted=True (CLI: --trusted) if you trust the artifact's author",
+            f"{', '.join(untrusted)}. A crafted file can use them to run code or, for tree "
+            "models, to crash the worker (skops does not bounds-check tree nodes). Re-upload "
+            "with trusted=True (CLI: --trusted) if you trust the artifact's author",
             param="trusted",
         )
     try:
@@ -133,7 +137,10 @@ def _signature(model: Any, declared: Signature | None) -> Signature:
             shape = [-1, len(classes)]
             outputs.append(TensorSpec(name="probabilities", datatype="FP32", shape=shape))
     else:
-        outputs.append(_prediction_spec(model, input_spec, regressor=is_regressor(model)))
+        given = [t for t in declared.outputs if t.name == "prediction"] if declared else []
+        outputs.append(
+            given[0] if given else _prediction_spec(model, input_spec, is_regressor(model))
+        )
     return Signature(inputs=[input_spec], outputs=outputs)
 
 
@@ -153,13 +160,19 @@ def _input_spec(model: Any, declared: Signature | None) -> TensorSpec:
     )
 
 
-def _prediction_spec(model: Any, input_spec: TensorSpec, *, regressor: bool) -> TensorSpec:
+def _prediction_spec(model: Any, input_spec: TensorSpec, regressor: bool) -> TensorSpec:
     """``prediction``'s spec, from one probe row: models do not declare their output width."""
     if input_spec.datatype == "BYTES":
-        probe = model.predict(np.array([""], dtype=object))
+        row = np.array([""], dtype=object)
     else:
-        probe = model.predict(np.zeros((1, *input_spec.shape[1:]), dtype=np.float32))
-    probe = np.asarray(probe)
+        row = np.zeros((1, *input_spec.shape[1:]), dtype=np.float32)
+    try:
+        probe = np.asarray(model.predict(row))
+    except Exception as exc:  # the estimator's own error, whatever its type
+        raise ModelLoadError(
+            f"a {type(model).__name__} could not predict one probe row of {input_spec.datatype}"
+            f"{input_spec.shape}: {exc!r}; pass a signature (CLI: --signature)"
+        ) from exc
     datatype = "FP32" if regressor or probe.dtype.kind == "f" else _datatype(probe.dtype)
     return TensorSpec(name="prediction", datatype=datatype, shape=[-1, *probe.shape[1:]])
 
