@@ -106,7 +106,7 @@ class WrkResult:
 
 _LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+{headers}
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*a")
 f:close()
@@ -126,16 +126,30 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(url: str, body: dict[str, object], concurrency: int, seconds: float) -> WrkResult:
-    """Closed-loop load: ``concurrency`` connections posting ``body`` for ``seconds``."""
+def wrk(
+    url: str,
+    body: dict[str, object] | bytes,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
+    """Closed-loop load: ``concurrency`` connections posting ``body`` for ``seconds``.
+
+    A dict is sent as JSON; bytes are sent as they are, with ``headers``.
+    """
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run scripts/ensure-wrk.sh (Debian package 'wrk')")
     with tempfile.TemporaryDirectory() as tmp:
-        body_path = Path(tmp) / "body.json"
-        body_path.write_text(json.dumps(body))
+        body_path = Path(tmp) / "body.bin"
+        if isinstance(body, bytes):
+            body_path.write_bytes(body)
+        else:
+            body_path.write_text(json.dumps(body))
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
         script = Path(tmp) / "post.lua"
-        script.write_text(_LUA.replace("{body}", str(body_path)))
-        out = subprocess.run(
+        script.write_text(_LUA.replace("{body}", str(body_path)).replace("{headers}", lines))
+        proc = subprocess.run(
             [
                 "taskset",
                 "-c",
@@ -143,7 +157,7 @@ def wrk(url: str, body: dict[str, object], concurrency: int, seconds: float) -> 
                 "wrk",
                 "-t1",
                 f"-c{concurrency}",
-                f"-d{seconds}s",
+                f"-d{max(1, round(seconds))}s",
                 "--latency",
                 "--timeout",
                 "10s",
@@ -153,11 +167,14 @@ def wrk(url: str, body: dict[str, object], concurrency: int, seconds: float) -> 
             ],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
+        out = proc.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if m:
@@ -170,3 +187,19 @@ def wrk(url: str, body: dict[str, object], concurrency: int, seconds: float) -> 
 
 def v2_body(name: str, row: list[float]) -> dict[str, object]:
     return {"inputs": [{"name": name, "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
+
+
+def v2_binary_body(name: str, row: list[float]) -> tuple[bytes, dict[str, str]]:
+    """The same request as tritonclient sends it by default: binary tensor extension."""
+    import numpy as np
+
+    data = np.asarray([row], dtype=np.float32).tobytes()
+    header = json.dumps(
+        {"inputs": [{"name": name, "shape": [1, len(row)], "datatype": "FP32",
+                     "parameters": {"binary_data_size": len(data)}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    return header + data, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }

@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     worker_restart_backoff_s: float = Field(default=0.5, gt=0)
     worker_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     replica_max_inflight: int = Field(
-        default=2, ge=1, description="Batches sent to one replica before it answers (pipelining)."
+        default=1,
+        ge=1,
+        description=(
+            "Batches sent to one replica before it answers. 1 lets requests pile up into the "
+            "next batch while a replica computes; more pipelines IPC on many-core hosts."
+        ),
     )
     inspect_timeout_s: float = Field(
         default=120.0, gt=0, description="Limit for reading a new artifact's signature."

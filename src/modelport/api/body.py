@@ -31,11 +31,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in stream_body(request):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    receive = request.receive  # straight from ASGI: this runs on every inference request
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise MalformedRequest("client disconnected before the body was complete")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -62,14 +62,22 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "invalid request: " + "; ".join(parts), first_field
 
 
+def render_exception(request: Request, exc: Exception) -> Response:
+    """The response for a ``ModelportError`` or an unexpected exception on ``request``."""
+    path = request.url.path
+    if isinstance(exc, ModelportError):
+        if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            log.warning("%s %s -> %s: %s", request.method, path, exc.code, exc)
+        return error_response(path, exc.status, exc.message, exc.code, exc.param)
+    log.error("unhandled error on %s %s", request.method, path, exc_info=exc)
+    return error_response(path, 500, f"internal error: {type(exc).__name__}", "internal")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``; routes just raise ``ModelportError``s."""
 
-    async def on_modelport(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ModelportError)
-        if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
-        return error_response(request.url.path, exc.status, exc.message, exc.code, exc.param)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return render_exception(request, exc)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -83,13 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
             request.url.path, exc.status_code, str(exc.detail), code, headers=exc.headers
         )
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            request.url.path, 500, f"internal error: {type(exc).__name__}", "internal"
-        )
-
-    app.add_exception_handler(ModelportError, on_modelport)
+    app.add_exception_handler(ModelportError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)

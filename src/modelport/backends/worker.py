@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -140,6 +141,7 @@ def _serve(sock: socket.socket) -> int:
     except ModelportError as exc:
         send_message(sock, (FAILED, exc.to_dict()))
         return EXIT_LOAD_FAILED
+    gc.freeze()  # the loaded model is long-lived: keep full collections from walking it
     send_message(sock, (READY, signature.model_dump(mode="json"), os.getpid()))
     _WorkerLoop(sock, runtime).run()
     return EXIT_OK

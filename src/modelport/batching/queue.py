@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from modelport.backends.base import Backend, Replica
-from modelport.errors import InvalidInput, ModelportError, Unavailable
+from modelport.errors import DeadlineExceeded, InvalidInput, ModelportError, Unavailable
 from modelport.runtimes.base import Tensors
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class AdaptiveBatcher:
         max_latency_ms: float,
         lease_timeout: float,
         on_batch: Callable[[int], None] | None = None,
+        call_timeout: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise InvalidInput(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -92,6 +93,9 @@ class AdaptiveBatcher:
         self._max_rows = max_batch_size
         self._max_latency = max_latency_ms / 1000.0
         self._lease_timeout = lease_timeout
+        # One timer per batch, not per request: a request waits at most lease_timeout for a
+        # replica, then call_timeout for its batch's answer.
+        self._call_timeout = call_timeout
         self._on_batch = on_batch
         self._groups: dict[Hashable, _Group] = {}
         self._queued = 0  # requests in all groups, cancelled ones until dropped
@@ -203,7 +207,8 @@ class AdaptiveBatcher:
                     inputs, rows = _concat(batch), sum(r.rows for r in batch)
                 if self._on_batch is not None:
                     self._on_batch(rows)
-                outputs = await replica.predict(inputs, batch[0].params)
+                async with asyncio.timeout(self._call_timeout):
+                    outputs = await replica.predict(inputs, batch[0].params)
             finally:
                 await lease.__aexit__(None, None, None)  # free the slot before fanning out
             if len(batch) == 1:
@@ -213,6 +218,10 @@ class AdaptiveBatcher:
         except asyncio.CancelledError:
             _fail(batch, Unavailable(f"deployment {self._name!r} is shutting down"))
             raise
+        except TimeoutError:
+            _fail(batch, DeadlineExceeded(
+                f"deployment {self._name!r} did not answer within {self._call_timeout:g} s"
+            ))  # fmt: skip
         except Exception as exc:
             _fail(batch, exc)
 

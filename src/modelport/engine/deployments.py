@@ -125,14 +125,14 @@ class DeploymentManager:
                 # The record stays; status shows the reason until the user redeploys or removes it.
                 self._failed[record.name] = (record, str(exc))
 
-    async def wait_settled(self, timeout: float) -> bool:
-        """Wait until no deployment is still loading (server readiness at start)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while any(s.state == DeploymentState.LOADING for s in self.statuses()):
-            if asyncio.get_running_loop().time() > deadline:
-                return False
+    async def wait_settled(self) -> None:
+        """Wait until no deployment is still loading (server readiness at start).
+
+        Callers bound the wait with ``asyncio.timeout``.
+        """
+        # Polled: a deployment's state is derived from its backend, which publishes no event.
+        while any(s.state == DeploymentState.LOADING for s in self.statuses()):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        return True
 
     async def shutdown(self) -> None:
         for live in self._live.values():
@@ -205,6 +205,7 @@ class DeploymentManager:
                 max_latency_ms=record.max_latency_ms,
                 lease_timeout=self._settings.replica_wait_s,
                 on_batch=self._metrics.batch_observer(record.name),
+                call_timeout=self._settings.request_timeout_s,
             ),
         )
         self._failed.pop(record.name, None)

@@ -7,23 +7,20 @@ a batch shared with others.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from modelport.engine.deployments import Deployment, DeploymentManager
-from modelport.errors import DeadlineExceeded, InvalidInput, VersionNotFound
+from modelport.errors import InvalidInput, VersionNotFound
 from modelport.runtimes.base import Tensors, validate_inputs
-from modelport.settings import Settings
 
 
 class InferenceService:
     """Run inference requests against live deployments."""
 
-    def __init__(self, settings: Settings, deployments: DeploymentManager) -> None:
-        self._timeout = settings.request_timeout_s
+    def __init__(self, deployments: DeploymentManager) -> None:
         self._deployments = deployments
 
     def resolve(self, model: str, version: str | None = None) -> Deployment:
@@ -50,14 +47,8 @@ class InferenceService:
         rows = _rows(checked)
         if rows == 0:
             raise InvalidInput("empty batch: inputs have no rows")
-        try:
-            return await asyncio.wait_for(
-                live.batcher.submit(checked, params or {}), timeout=self._timeout
-            )
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"model {live.record.name!r} did not answer within {self._timeout:g} s"
-            ) from None
+        # Deadlines are kept per batch by the batcher (one timer per batch, not per request).
+        return await live.batcher.submit(checked, params or {})
 
 
 def _rows(inputs: Tensors) -> int:

@@ -54,6 +54,6 @@ def build_services(settings: Settings) -> Services:
         backend=backend,
         metrics=metrics,
         deployments=deployments,
-        inference=InferenceService(settings, deployments),
+        inference=InferenceService(deployments),
         models=ModelService(settings, registry, artifacts),
     )

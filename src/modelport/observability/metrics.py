@@ -72,6 +72,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.batch_size = Histogram(
             "modelport_batch_size",
             "Rows per model call after batching",
@@ -81,8 +82,16 @@ class Metrics:
         )
 
     def observe_request(self, model: str, protocol: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(status)).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        """Count one inference request and its latency (hot path: children are cached)."""
+        key = (model, protocol, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(model, protocol, str(status)),
+                self.latency.labels(model, protocol),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         """A callback for a batcher: records the size of each dispatched batch."""

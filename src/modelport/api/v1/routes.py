@@ -87,7 +87,8 @@ def _jsonable(arr: np.ndarray) -> list[Any]:
     return list(arr.tolist())
 
 
-async def _predict(request: Request, model: str, version: str | None) -> Response:
+async def handle_predict(request: Request, model: str, version: str | None) -> Response:
+    """Run one ``:predict`` request (also called by ``api.fastpath``)."""
     services = get_services(request)
     live = services.inference.resolve(model, version)
     started = time.perf_counter()
@@ -114,9 +115,9 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
 
 @router.post("/v1/models/{model}:predict", summary="Predict (TF-Serving / KServe V1 JSON)")
 async def predict(request: Request, model: str) -> Response:
-    return await _predict(request, model, None)
+    return await handle_predict(request, model, None)
 
 
 @router.post("/v1/models/{model}/versions/{version}:predict", summary="Predict on a given version")
 async def predict_version(request: Request, model: str, version: str) -> Response:
-    return await _predict(request, model, version)
+    return await handle_predict(request, model, version)

@@ -124,7 +124,8 @@ async def model_config(services: ServicesDep, model: str) -> Response:
     )  # fmt: skip
 
 
-async def _infer(request: Request, model: str, version: str | None) -> Response:
+async def handle_infer(request: Request, model: str, version: str | None) -> Response:
+    """Decode, run and encode one V2 inference (also called by ``api.fastpath``)."""
     services = get_services(request)
     live = services.inference.resolve(model, version)  # unknown names never become labels
     started = time.perf_counter()
@@ -173,7 +174,7 @@ _INFER_DOC = {
     openapi_extra=_INFER_DOC,
 )
 async def infer(request: Request, model: str) -> Response:
-    return await _infer(request, model, None)
+    return await handle_infer(request, model, None)
 
 
 @router.post(
@@ -183,4 +184,4 @@ async def infer(request: Request, model: str) -> Response:
     openapi_extra=_INFER_DOC,
 )
 async def infer_version(request: Request, model: str, version: str) -> Response:
-    return await _infer(request, model, version)
+    return await handle_infer(request, model, version)
