@@ -225,7 +225,7 @@ def test_a_load_failure_marks_the_replica_failed_without_restarting(tmp_path: Pa
 
 def test_scale_up_and_down_and_inflight_calls_finish_on_removed_replicas(tmp_path: Path) -> None:
     async def main() -> None:
-        backend = make_backend(tmp_path)
+        backend = make_backend(tmp_path, replica_max_inflight=2)
         await backend.deploy(replica_set("e", artifact(tmp_path, {})))
         await wait_until(backend, "e", all_ready(1))
         await backend.scale("e", 3)

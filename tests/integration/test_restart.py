@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.integration.helpers import deploy, iris_rows, push, wait_state
 from tests.integration.server_process import ServerProcess
@@ -36,9 +37,18 @@ def _infer(url: str, model: str, rows: np.ndarray) -> list[int]:
     return next(o for o in resp.json()["outputs"] if o["name"] == "label")["data"]
 
 
-def test_state_survives_restart(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Server environment for each database: SQLite in the data dir, or a fresh PostgreSQL DB."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("fresh_postgres_url")
+    return {"MODELPORT_DATABASE_URL": url}
+
+
+def test_state_survives_restart(tmp_path: Path, database_env: dict[str, str]) -> None:
     data = tmp_path / "data"
-    server = ServerProcess(data, demo=False).start()
+    server = ServerProcess(data, demo=False, env=database_env).start()
     try:
         _build_iris_skops(tmp_path / "tree.skops")
         push(server.url, tmp_path / "tree.skops", "tree", "sklearn", metadata={"team": "a"})
@@ -57,8 +67,10 @@ def test_state_survives_restart(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-    server = ServerProcess(data, demo=False).start()
+    server = ServerProcess(data, demo=False, env=database_env).start()
     try:
+        status = httpx.get(f"{server.url}/api/status").json()
+        assert status["database"] == ("postgresql" if database_env else "sqlite")
         detail = httpx.get(f"{server.url}/api/models/tree").json()
         assert detail == models_before
         assert [v["version"] for v in detail["versions"]] == [1, 2]
