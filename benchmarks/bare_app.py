@@ -19,11 +19,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from modelport.runtimes.base import LoadSpec, runtime_class
+from modelport.types.admin import Signature
 
 
-def build(runtime: str, artifact: Path, name: str) -> FastAPI:
+def build(runtime: str, artifact: Path, name: str, signature: Signature | None) -> FastAPI:
     model = runtime_class(runtime)(
-        LoadSpec(runtime=runtime, artifact_path=artifact, artifact_name=name, sha256="-")
+        LoadSpec(
+            runtime=runtime,
+            artifact_path=artifact,
+            artifact_name=name,
+            sha256="-",
+            signature=signature,
+        )
     )
     model.load()
     app = FastAPI()
@@ -61,8 +68,10 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--signature", help="JSON signature (TorchScript needs one)")
     args = parser.parse_args()
-    app = build(args.runtime, args.artifact, args.name)
+    signature = Signature.model_validate_json(args.signature) if args.signature else None
+    app = build(args.runtime, args.artifact, args.name, signature)
     uvicorn.run(
         app,
         host="127.0.0.1",

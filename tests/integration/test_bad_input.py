@@ -50,6 +50,7 @@ CASES = {
     "strings for FP32": (_with(data=["a", "b", "c", "d"]), None, 400, "input"),
     "wrong shape": (_with(shape=[1, 3], data=[1.0, 2.0, 3.0]), None, 400, "shape"),
     "count mismatch": (_with(shape=[2, 4]), None, 400, "input"),
+    "empty batch": (_with(shape=[0, 4], data=[]), None, 400, "rows"),
     "unknown input": (_with(name="x"), None, 400, "input"),
     "malformed JSON": (b'{"inputs": [', None, 400, "JSON"),
     "not an object": (b"[1, 2, 3]", None, 400, ""),

@@ -286,6 +286,8 @@ def _rows(inputs: Tensors) -> int:
             )
     if rows is None:
         raise InvalidInput("a request needs at least one input tensor")
+    if rows == 0:
+        raise InvalidInput("empty request: the inputs have no rows (axis 0 is 0)")
     return rows
 
 

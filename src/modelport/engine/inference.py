@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelport.engine.deployments import Deployment, DeploymentManager
-from modelport.errors import InvalidInput, VersionNotFound
+from modelport.errors import VersionNotFound
 from modelport.runtimes.base import Tensors, validate_inputs
 
 
@@ -44,17 +44,6 @@ class InferenceService:
     ) -> Tensors:
         """Validate ``inputs`` against the deployed signature and run them through the batcher."""
         checked = validate_inputs(live.version.signature, inputs, cast=cast)
-        rows = _rows(checked)
-        if rows == 0:
-            raise InvalidInput("empty batch: inputs have no rows")
-        # Deadlines are kept per batch by the batcher (one timer per batch, not per request).
+        # The batcher checks the rows (axis 0) agree and are not empty; deadlines are kept
+        # per batch there too (one timer per batch, not per request).
         return await live.batcher.submit(checked, params or {})
-
-
-def _rows(inputs: Tensors) -> int:
-    counts = {arr.shape[0] if arr.ndim else 1 for arr in inputs.values()}
-    if len(counts) != 1:
-        raise InvalidInput(f"inputs disagree on the batch size (axis 0): {sorted(counts)}")
-    if any(arr.ndim == 0 for arr in inputs.values()):
-        raise InvalidInput("inputs need a batch dimension (axis 0)")
-    return counts.pop()
