@@ -46,8 +46,13 @@ def test_concurrent_callers_get_their_own_rows(live_server: ServerProcess) -> No
     expected = served_runtime(live_server.data_dir, url, "iris").predict({"input": rows})
     for i, answer in enumerate(answers):
         assert answer["label"] == [int(expected["label"][i])]
-        np.testing.assert_array_equal(
-            np.asarray(answer["probabilities"], dtype=np.float32), expected["probabilities"][i]
+        # Labels are exact; probabilities may differ in the last bits because BLAS sums a
+        # row differently depending on the batch it sits in.
+        np.testing.assert_allclose(
+            np.asarray(answer["probabilities"], dtype=np.float32),
+            expected["probabilities"][i],
+            rtol=1e-5,
+            atol=1e-7,
         )
 
     batches = metric_value(url, "modelport_batch_size_count", model="iris") - before_count
