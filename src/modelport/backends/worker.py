@@ -59,7 +59,7 @@ from modelport.backends.protocol import (
     send_frame,
     send_message,
 )
-from modelport.errors import InvalidInput, ModelLoadError, ModelportError
+from modelport.errors import ModelLoadError, ModelportError
 from modelport.runtimes.base import LoadSpec, Runtime, Tensors, runtime_class
 from modelport.storage.artifacts import verify_file
 from modelport.types.admin import Signature
@@ -186,7 +186,8 @@ class _WorkerLoop:
         while (message := recv_message(self._sock)) is not None:
             kind = message[0]
             if kind == PREDICT:
-                self._on_predict(message[1], message[2])
+                params = message[3] if len(message) > 3 else None
+                self._on_predict(message[1], message[2], params)
             elif kind == STREAM:
                 self._on_stream(message[1], message[2])
             elif kind == CANCEL:
@@ -206,15 +207,15 @@ class _WorkerLoop:
         except Exception:
             traceback.print_exc()  # exiting anyway; the log keeps the reason
 
-    def _on_predict(self, req_id: int, inputs: Tensors) -> None:
+    def _on_predict(self, req_id: int, inputs: Tensors, params: dict[str, Any] | None) -> None:
         if self._model_thread is None:
-            self._send(self._predict(req_id, inputs), req_id)
+            self._send(self._predict(req_id, inputs, params), req_id)
         else:
-            self._queue(req_id, lambda: self._send(self._predict(req_id, inputs), req_id))
+            self._queue(req_id, lambda: self._send(self._predict(req_id, inputs, params), req_id))
 
-    def _predict(self, req_id: int, inputs: Tensors) -> Message:
+    def _predict(self, req_id: int, inputs: Tensors, params: dict[str, Any] | None) -> Message:
         try:
-            outputs = self._runtime.predict(inputs)
+            outputs = self._runtime.predict(inputs, params or None)
         except Exception as exc:  # the model failed this batch; the worker lives on
             return (ERROR, req_id, error_to_dict(exc))
         if not isinstance(outputs, dict):
@@ -226,11 +227,7 @@ class _WorkerLoop:
         return (RESULT, req_id, outputs)
 
     def _on_stream(self, req_id: int, payload: Any) -> None:
-        stream = getattr(self._runtime, "stream", None)
-        if not callable(stream):
-            error = InvalidInput(f"runtime {self._runtime.spec.runtime!r} does not stream")
-            self._send((ERROR, req_id, error.to_dict()), req_id)
-            return
+        stream = self._runtime.stream  # the base class refuses with InvalidInput
         if self._model_thread is None:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._queue(req_id, lambda: self._run_stream(req_id, stream, payload))

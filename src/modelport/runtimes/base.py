@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +50,9 @@ class Runtime(ABC):
     """One loaded model. Lifecycle: ``load`` once, ``predict`` many times, ``unload``."""
 
     name: ClassVar[str]
+    # What the runtime can do (``runtimes.text``: tensors, embeddings, classification,
+    # generation); the engine routes OpenAI requests by it.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"tensors"})
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
@@ -69,8 +72,16 @@ class Runtime(ABC):
         """Load the model and return its signature (the given one if the spec had it)."""
 
     @abstractmethod
-    def predict(self, inputs: Tensors) -> Tensors:
-        """Run the model on a batch; every input and output has the batch as axis 0."""
+    def predict(self, inputs: Tensors, params: Mapping[str, Any] | None = None) -> Tensors:
+        """Run the model on a batch; every input and output has the batch as axis 0.
+
+        ``params`` are the request's parameters (equal for every request in a batch), e.g.
+        sampling settings for a generator; runtimes that take none ignore them.
+        """
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Stream one generation (see ``runtimes.text``); only generators implement it."""
+        raise InvalidInput(f"runtime {self.name!r} does not stream", param="stream")
 
     def unload(self) -> None:  # noqa: B027 - optional hook, most runtimes need nothing
         """Release resources; the worker exits right after, so this is best effort."""

@@ -7,6 +7,7 @@ sequence of maps, for one) have no V2 form, so such graphs are refused at load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,7 +82,7 @@ class OnnxRuntime(Runtime):
         self._signature = signature
         return signature
 
-    def predict(self, inputs: Tensors) -> Tensors:
+    def predict(self, inputs: Tensors, params: Mapping[str, Any] | None = None) -> Tensors:
         feed = {name: _feedable(array) for name, array in inputs.items()}
         results = self._session.run(self._outputs, feed)
         return {name: np.asarray(value) for name, value in zip(self._outputs, results, strict=True)}

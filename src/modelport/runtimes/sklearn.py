@@ -13,6 +13,7 @@ The signature is read from the fitted estimator:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,7 +64,7 @@ class SklearnRuntime(Runtime):
         self._signature = signature
         return signature
 
-    def predict(self, inputs: Tensors) -> Tensors:
+    def predict(self, inputs: Tensors, params: Mapping[str, Any] | None = None) -> Tensors:
         x = inputs[self._input]
         if x.dtype == object:  # text pipelines want str, V2 BYTES may arrive as bytes
             x = np.array([v.decode() if isinstance(v, bytes) else v for v in x], dtype=object)

@@ -103,7 +103,7 @@ class TorchRuntime(Runtime):
         self._picked = [names.index(t.name) for t in signature.outputs]
         return signature
 
-    def predict(self, inputs: Tensors) -> Tensors:
+    def predict(self, inputs: Tensors, params: Mapping[str, Any] | None = None) -> Tensors:
         import torch
 
         signature = self.signature
