@@ -45,12 +45,14 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 class Pinned:
-    """A subprocess pinned to one CPU, stopped on exit."""
+    """A subprocess pinned to one CPU (unless ``pin`` is false), stopped on exit."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, pin: bool = True
+    ) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *args],
+            ["taskset", "-c", SERVER_CPU, *args] if pin else args,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -67,7 +69,7 @@ class Pinned:
             self.proc.kill()
 
 
-def modelport_server(data_dir: Path, port: int, demo: bool = True) -> Pinned:
+def modelport_server(data_dir: Path, port: int, demo: bool = True, pin: bool = True) -> Pinned:
     args = [
         sys.executable,
         "-m",
@@ -84,7 +86,7 @@ def modelport_server(data_dir: Path, port: int, demo: bool = True) -> Pinned:
     ]
     if not demo:
         args.append("--no-demo")
-    server = Pinned(args)
+    server = Pinned(args, pin=pin)
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
     return server
 

@@ -61,6 +61,33 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Limit for reading a new artifact's signature."
     )
 
+    # Large models (OpenAI API, ``engine.llm``).
+    demo_text_models: bool = Field(
+        default=True,
+        description="With demo_models: also deploy the bundled text models (minilm, gemma).",
+    )
+    llm_queue_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a generation waits in its model's queue for a replica (503).",
+    )
+    llm_max_queue: int = Field(
+        default=256, ge=1, description="Generations waiting per model before new ones get 503."
+    )
+    llm_request_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest one chat/completion request may generate."
+    )
+    llm_default_max_tokens: int = Field(
+        default=512, ge=1, description="Chat max_tokens when the request sets none."
+    )
+    llm_max_tokens: int = Field(
+        default=32768, ge=1, description="Largest max_tokens a request may ask for."
+    )
+    llm_max_n: int = Field(default=16, ge=1, description="Largest n (choices per request).")
+    usage_recent_events: int = Field(
+        default=1000, ge=0, description="Usage events kept in memory for /api/usage/recent."
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @model_validator(mode="after")

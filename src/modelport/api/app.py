@@ -22,19 +22,25 @@ from starlette.types import ASGIApp
 from modelport import __version__
 from modelport.api.admin import deployments as admin_deployments
 from modelport.api.admin import models as admin_models
+from modelport.api.admin import usage as admin_usage
 from modelport.api.errors import install_error_handlers
 from modelport.api.fastpath import InferenceFastPath
+from modelport.api.openai import router as openai_router
 from modelport.api.v1 import routes as v1
 from modelport.api.v2 import routes as v2
-from modelport.engine.bootstrap import install_demo_models
+from modelport.engine.bootstrap import install_demo_models, install_text_demos
 from modelport.engine.services import Services
 
 log = logging.getLogger("modelport")
 
 
-async def _become_ready(app: FastAPI, services: Services) -> None:
+async def _become_ready(
+    app: FastAPI, services: Services, installing: asyncio.Task[list[str]] | None
+) -> None:
     try:
         async with asyncio.timeout(services.settings.worker_start_timeout_s):
+            if installing is not None:  # first start: the text demos are being registered
+                await asyncio.wait({installing})
             await services.deployments.wait_settled()
     except TimeoutError:
         log.warning("some deployments are still loading; reporting ready anyway")
@@ -52,14 +58,21 @@ def create_app(services: Services) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.database.migrate)
         await services.deployments.restore()
+        installing = None
         if services.settings.demo_models:
             await install_demo_models(services)
+            if services.settings.demo_text_models:
+                # Loading language models takes a while: serve meanwhile (live, not ready).
+                installing = asyncio.create_task(install_text_demos(services))
         # Live at once; ready (V2 health) once the deployments have finished loading.
-        settle = asyncio.create_task(_become_ready(app, services))
+        settle = asyncio.create_task(_become_ready(app, services, installing))
         try:
             yield
         finally:
             settle.cancel()
+            if installing is not None:
+                installing.cancel()
+                await asyncio.gather(installing, return_exceptions=True)
             app.state.ready = False
             await services.deployments.shutdown()
             services.close()
@@ -77,6 +90,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(admin_models.router)
     app.include_router(admin_deployments.router)
+    app.include_router(admin_usage.router)
+    app.include_router(openai_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -2,6 +2,8 @@
 
 - V2 (``/v2/...``) and V1 predict (``/v1/models/...:predict``): ``{"error": "message"}``
   (what Triton, KServe and MLServer clients expect);
+- OpenAI (every other ``/v1/...`` path): ``{"error": {"message", "type", "param", "code"}}``
+  with the statuses the ``openai`` SDK maps to its exceptions (``openai_error``);
 - admin (``/api/...``) and everything else: ``{"error": {"code", "message", "param"}}``.
 
 Statuses come from the exception class (``modelport.errors``), so there is one table of
@@ -30,6 +32,37 @@ def _is_inference_route(path: str) -> bool:
     return path.startswith("/v2") or (path.startswith("/v1/models/") and path.endswith(":predict"))
 
 
+def _is_openai_route(path: str) -> bool:
+    return path.startswith("/v1/") and not _is_inference_route(path)
+
+
+# OpenAI's error ``type`` by status; the SDK picks its exception class by status alone.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+# Our codes that OpenAI spells differently.
+_OPENAI_CODES = {"deployment_not_found": "model_not_found"}
+
+
+def openai_error(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
+    """The body of an OpenAI API error (also sent as an SSE event when a stream fails)."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": param,
+            "code": _OPENAI_CODES.get(code, code),
+        }
+    }
+
+
 def error_response(
     path: str,
     status: int,
@@ -44,6 +77,8 @@ def error_response(
         # The body shape is fixed by the protocol; the code rides in a header for our client.
         body = {"error": message}
         headers = {**(headers or {}), "X-Modelport-Error": code}
+    elif _is_openai_route(path):
+        body = openai_error(status, message, code, param)
     else:
         body = {"error": {"code": code, "message": message, "param": param}}
     return Response(

@@ -5,11 +5,14 @@ These are top-level commands (``main`` registers them) because they are the ever
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from modelport.cli import connect, output
+from modelport.errors import InvalidInput
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
@@ -29,6 +32,14 @@ def deploy(
     max_latency_ms: Annotated[
         float, typer.Option(min=0, help="Longest a request waits for its batch to fill.")
     ] = 5.0,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="Runtime option KEY=VALUE (repeatable), e.g. threads=2 or chat_template=@file.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is ready.")] = True,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 120.0,
     as_json: JsonFlag = False,
@@ -42,6 +53,7 @@ def deploy(
             replicas=replicas,
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
+            options=parse_options(option or []),
         )
         if wait:
             with output.spinner(f"Loading {status.name} v{status.version}...", enabled=not as_json):
@@ -50,6 +62,28 @@ def deploy(
         output.print_json(status)
     else:
         output.print_deployments([status])
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs: JSON scalars (``2``, ``true``) as such, anything else as text;
+    ``@path`` reads the text from a file (a chat template, say)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--option {item!r} must look like KEY=VALUE", param="option")
+        if raw.startswith("@"):
+            try:
+                options[key] = Path(raw[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"--option {key}: {exc}", param="option") from None
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key] = value if isinstance(value, str | int | float | bool) else raw
+    return options
 
 
 @output.cli_errors

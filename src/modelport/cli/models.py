@@ -20,10 +20,22 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 def push(
     ctx: typer.Context,
     path: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Artifact file.")
+        Path,
+        typer.Argument(
+            exists=True, readable=True, help="Artifact file, or a model folder (sent as a tar)."
+        ),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
-    runtime: Annotated[str, typer.Option("--runtime", "-r", help="sklearn, onnx, torch...")],
+    runtime: Annotated[
+        str, typer.Option("--runtime", "-r", help="sklearn, onnx, torch, gguf, transformers...")
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="What the model does (stored as metadata 'task'): embeddings, "
+            "text-classification, text-generation."
+        ),
+    ] = None,
     trusted: Annotated[
         bool, typer.Option("--trusted", help="Allow pickle-based artifacts (runs their code).")
     ] = False,
@@ -37,14 +49,16 @@ def push(
     description: Annotated[str | None, typer.Option(help="Model description.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Upload an artifact and register it as the model's next version."""
+    """Upload an artifact (file or model folder) and register it as the model's next version."""
     meta = load_json_arg(metadata, "--metadata") if metadata is not None else None
     if meta is not None and not isinstance(meta, dict):
         raise InvalidInput("--metadata must be a JSON object")
+    if task is not None:
+        meta = {**(meta or {}), "task": task}
     sig = load_json_arg(signature, "--signature") if signature is not None else None
     with (
         connect(ctx) as client,
-        output.upload_progress(path.name, path.stat().st_size, enabled=not as_json) as progress,
+        output.upload_progress(path.name, _size(path), enabled=not as_json) as progress,
     ):
         version = client.push_model(
             path,
@@ -61,6 +75,15 @@ def push(
         output.print_json(version)
     else:
         output.print_version(version)
+
+
+def _size(path: Path) -> int:
+    """Bytes the upload will send (a folder goes as a tar stream)."""
+    if path.is_dir():
+        from modelport.runtimes.unpack import packed_size
+
+        return packed_size(path)
+    return path.stat().st_size
 
 
 @app.command("list")

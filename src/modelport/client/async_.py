@@ -122,8 +122,8 @@ class AsyncClient:
         aliases: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> VersionInfo:
-        """Upload an artifact file and register it as the next version of ``name``."""
-        artifact = await anyio.to_thread.run_sync(ArtifactFile.measure, path)
+        """Upload an artifact file (or model folder) and register it as the next version."""
+        artifact = await anyio.to_thread.run_sync(ArtifactFile.measure_path, path)
         await self._upload(artifact, progress)
         call = self._core.create_version(
             name,
@@ -170,6 +170,7 @@ class AsyncClient:
         replicas: int = 1,
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
+        options: Mapping[str, Any] | None = None,
     ) -> DeploymentStatus:
         """Start serving a model version (newest unless ``version`` or ``alias`` is given)."""
         call = self._core.deploy(
@@ -179,6 +180,7 @@ class AsyncClient:
             replicas=replicas,
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
+            options=options,
         )
         return await self._send(call)
 

@@ -242,11 +242,29 @@ def _seg(value: str | int) -> str:
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    """An artifact on disk, measured before upload so the server can verify it."""
+    """An artifact on disk, measured before upload so the server can verify it.
+
+    A folder (a Hugging Face model directory) is an artifact too: it travels as the
+    deterministic tar stream of ``runtimes.unpack.pack_dir``, hashed in a first pass and
+    streamed again for the upload, never copied to disk.
+    """
 
     path: Path
     size: int
     sha256: str
+    folder: bool = False
+
+    @property
+    def name(self) -> str:
+        """The artifact's name on the server (``<folder>.tar`` for a folder)."""
+        return f"{self.path.name}.tar" if self.folder else self.path.name
+
+    @classmethod
+    def measure_path(cls, path: str | os.PathLike[str]) -> ArtifactFile:
+        """``measure`` a file, or the tar stream of a folder."""
+        if Path(path).is_dir():
+            return cls._measure_folder(Path(path))
+        return cls.measure(path)
 
     @classmethod
     def measure(cls, path: str | os.PathLike[str]) -> ArtifactFile:
@@ -264,6 +282,21 @@ class ArtifactFile:
             ) from None
         return cls(file_path, size, digest)
 
+    @classmethod
+    def _measure_folder(cls, folder: Path) -> ArtifactFile:
+        from modelport.runtimes.unpack import pack_dir, packed_size
+
+        digest = hashlib.sha256()
+        try:
+            for chunk in pack_dir(folder):
+                digest.update(chunk)
+            size = packed_size(folder)
+        except OSError as exc:
+            raise errors.InvalidInput(
+                f"cannot read folder {str(folder)!r}: {exc.strerror}", param="path"
+            ) from None
+        return cls(folder, size, digest.hexdigest(), folder=True)
+
 
 def iter_file(path: Path, progress: Progress | None = None) -> Generator[bytes, None, None]:
     """The file's bytes in chunks, calling ``progress(total_sent)`` after each chunk is sent.
@@ -272,6 +305,15 @@ def iter_file(path: Path, progress: Progress | None = None) -> Generator[bytes, 
     one has been handed to the socket, so it counts bytes sent rather than bytes read.
     """
     sent = 0
+    if path.is_dir():  # a model folder: the same tar stream ArtifactFile.measure hashed
+        from modelport.runtimes.unpack import pack_dir
+
+        for chunk in pack_dir(path, CHUNK_SIZE):
+            yield chunk
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent)
+        return
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK_SIZE):
             yield chunk
@@ -374,7 +416,7 @@ class ClientCore:
         try:
             body = CreateVersion(
                 artifact_sha256=artifact.sha256,
-                artifact_name=artifact.path.name,
+                artifact_name=artifact.name,
                 runtime=runtime,
                 trusted=trusted,
                 signature=Signature.model_validate(signature) if signature is not None else None,
@@ -423,6 +465,7 @@ class ClientCore:
         replicas: int = 1,
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
+        options: Mapping[str, Any] | None = None,
     ) -> Call[DeploymentStatus]:
         """``POST /api/deployments``; bad values fail here, before any request."""
         spec = _validated(
@@ -434,9 +477,12 @@ class ClientCore:
                 "replicas": replicas,
                 "max_batch_size": max_batch_size,
                 "max_latency_ms": max_latency_ms,
+                "options": dict(options or {}),
             },
         )
-        return self._json("POST", "/api/deployments", spec, DeploymentStatus)
+        # No options: send none, as clients did before options existed.
+        exclude = None if spec.options else {"options"}
+        return self._json("POST", "/api/deployments", spec, DeploymentStatus, exclude)
 
     def scale(self, name: str, replicas: int) -> Call[DeploymentStatus]:
         body = _validated(ScaleSpec, {"replicas": replicas})
@@ -485,8 +531,15 @@ class ClientCore:
         request = Request("POST", f"{path}/infer", content=content, headers=_json_headers())
         return Call(request, lambda body: decode_v2_response(_parse_json(body)))
 
-    def _json(self, method: str, path: str, body: BaseModel, model: type[M]) -> Call[M]:
-        content = body.model_dump_json(exclude_none=True).encode()
+    def _json(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel,
+        model: type[M],
+        exclude: set[str] | None = None,
+    ) -> Call[M]:
+        content = body.model_dump_json(exclude_none=True, exclude=exclude).encode()
         request = Request(method, path, content=content, headers=_json_headers())
         return Call(request, _parse_model(model))
 

@@ -121,12 +121,12 @@ class Client:
         aliases: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> VersionInfo:
-        """Upload an artifact file and register it as the next version of ``name``.
+        """Upload an artifact file (or model folder) and register it as the next version.
 
         The file is streamed in chunks and ``progress`` gets the bytes sent so far. Pushing
         the same bytes again stores them once (the store is content-addressed).
         """
-        artifact = ArtifactFile.measure(path)
+        artifact = ArtifactFile.measure_path(path)
         self._upload(artifact, progress)
         call = self._core.create_version(
             name,
@@ -174,6 +174,7 @@ class Client:
         replicas: int = 1,
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
+        options: Mapping[str, Any] | None = None,
     ) -> DeploymentStatus:
         """Start serving a model version (newest unless ``version`` or ``alias`` is given)."""
         call = self._core.deploy(
@@ -183,6 +184,7 @@ class Client:
             replicas=replicas,
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
+            options=options,
         )
         return self._send(call)
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from modelport.backends.base import Backend, ReplicaSetSpec
 from modelport.batching.queue import AdaptiveBatcher
+from modelport.engine.models import load_options
 from modelport.engine.registry import DeploymentRecord, Registry
 from modelport.errors import DeploymentNotFound, ModelportError
 from modelport.observability.metrics import DeploymentGauges, Metrics
@@ -86,6 +87,7 @@ class DeploymentManager:
             replicas=spec.replicas,
             max_batch_size=spec.max_batch_size,
             max_latency_ms=spec.max_latency_ms,
+            options=dict(spec.options),
             created_at=now,
             updated_at=now,
         )
@@ -169,6 +171,7 @@ class DeploymentManager:
             replicas=record.replicas,
             max_batch_size=record.max_batch_size,
             max_latency_ms=record.max_latency_ms,
+            options=record.options,
             state=state,
             reason="; ".join(reasons) or None,
             ready_replicas=ready,
@@ -190,6 +193,7 @@ class DeploymentManager:
             sha256=version.artifact_sha256,
             trusted=version.trusted,
             signature=version.signature,
+            options=load_options(self._settings, version.metadata, record.options),
         )
         await self._backend.deploy(
             ReplicaSetSpec(name=record.name, load=load, replicas=record.replicas)
@@ -237,6 +241,7 @@ def _failed_status(record: DeploymentRecord, reason: str) -> DeploymentStatus:
         replicas=record.replicas,
         max_batch_size=record.max_batch_size,
         max_latency_ms=record.max_latency_ms,
+        options=record.options,
         state=DeploymentState.FAILED,
         reason=reason,
     )

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -63,6 +63,7 @@ class DeploymentRecord:
     replicas: int = 1
     max_batch_size: int = 1
     max_latency_ms: float = 5.0
+    options: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -256,6 +257,7 @@ class Registry:
     def save_deployment(self, rec: DeploymentRecord) -> DeploymentRecord:
         """Create or replace (by name) the desired state of a deployment."""
         _check_name(rec.name, "name")
+        _check_json(rec.options, "options")
         if rec.replicas < 0:
             raise InvalidInput(f"replicas must be >= 0, got {rec.replicas}", param="replicas")
         if rec.max_batch_size < 1:
@@ -281,6 +283,7 @@ class Registry:
             row.replicas = rec.replicas
             row.max_batch_size = rec.max_batch_size
             row.max_latency_ms = float(rec.max_latency_ms)
+            row.options = dict(rec.options)
             row.updated_at = now
             s.flush()
             return _deployment_record(row, model.name)
@@ -453,6 +456,7 @@ def _deployment_record(row: DeploymentRow, model: str) -> DeploymentRecord:
         replicas=row.replicas,
         max_batch_size=row.max_batch_size,
         max_latency_ms=row.max_latency_ms,
+        options=dict(row.options or {}),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

@@ -12,8 +12,10 @@ from modelport.backends.base import Backend
 from modelport.backends.local import LocalBackend
 from modelport.engine.deployments import DeploymentManager
 from modelport.engine.inference import InferenceService
+from modelport.engine.llm import LLMService
 from modelport.engine.models import ModelService
 from modelport.engine.registry import Registry
+from modelport.engine.usage import UsageHub
 from modelport.observability.metrics import Metrics
 from modelport.settings import Settings
 from modelport.storage.artifacts import ArtifactStore, LocalArtifactStore
@@ -31,6 +33,8 @@ class Services:
     deployments: DeploymentManager
     inference: InferenceService
     models: ModelService
+    usage: UsageHub
+    llm: LLMService
 
     def close(self) -> None:
         self.database.dispose()
@@ -46,6 +50,8 @@ def build_services(settings: Settings) -> Services:
     backend = LocalBackend(settings)
     metrics = Metrics()
     deployments = DeploymentManager(settings, registry, artifacts, backend, metrics)
+    inference = InferenceService(deployments)
+    usage = UsageHub(settings.usage_recent_events, metrics.registry)
     return Services(
         settings=settings,
         database=database,
@@ -54,6 +60,8 @@ def build_services(settings: Settings) -> Services:
         backend=backend,
         metrics=metrics,
         deployments=deployments,
-        inference=InferenceService(deployments),
+        inference=inference,
         models=ModelService(settings, registry, artifacts),
+        usage=usage,
+        llm=LLMService(settings, deployments, inference, backend, usage, metrics),
     )

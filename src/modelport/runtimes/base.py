@@ -30,6 +30,8 @@ RUNTIMES: dict[str, str] = {
     "sklearn": "modelport.runtimes.sklearn:SklearnRuntime",
     "onnx": "modelport.runtimes.onnx:OnnxRuntime",
     "torch": "modelport.runtimes.torch:TorchRuntime",
+    "gguf": "modelport.runtimes.gguf:GgufRuntime",
+    "transformers": "modelport.runtimes.transformers:TransformersRuntime",
 }
 
 

@@ -39,6 +39,7 @@ class ArtifactFormat(StrEnum):
     NUMPY = "npy"
     HDF5 = "hdf5"
     ZIP = "zip"  # some other zip archive
+    TAR = "tar"  # an uncompressed tar archive (how directory models travel)
     COMPRESSED = "compressed"  # a compressed stream whose content we could not identify
     TEXT = "text"
     EMPTY = "empty"
@@ -64,6 +65,10 @@ def sniff_format(path: Path, artifact_name: str) -> ArtifactFormat:
             complete = len(head) < _HEAD
             if not head:
                 return ArtifactFormat.EMPTY
+            # before zip and pickle: a tar may end with a zip member, and a tar whose first
+            # member is "./" starts with pickle's STOP opcode
+            if _is_tar(head):
+                return ArtifactFormat.TAR
             if zipfile.is_zipfile(f):
                 with zipfile.ZipFile(f) as archive:
                     return _sniff_zip(archive.namelist())
@@ -179,6 +184,18 @@ def _decompress_head(head: bytes) -> bytes | None:
 
 def _is_zlib(head: bytes) -> bool:
     return len(head) >= 2 and head[0] & 0x0F == 8 and ((head[0] << 8) | head[1]) % 31 == 0
+
+
+def _is_tar(head: bytes) -> bool:
+    """True if ``head`` starts with a ustar/GNU tar header whose checksum is right."""
+    if len(head) < 512 or head[257:262] != b"ustar":
+        return False
+    try:
+        stored = int(head[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    # the checksum is the byte sum of the header with its own field read as spaces
+    return stored == sum(head[:148]) + 8 * 0x20 + sum(head[156:512])
 
 
 def _is_safetensors(head: bytes) -> bool:

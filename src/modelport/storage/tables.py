@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -139,5 +140,7 @@ class DeploymentRow(Base):
     replicas: Mapped[int] = mapped_column(Integer)
     max_batch_size: Mapped[int] = mapped_column(Integer)
     max_latency_ms: Mapped[float] = mapped_column(Float)
+    # Runtime options (threads, chat_template...) passed to every replica's load spec.
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -6,13 +6,18 @@ server cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+OPTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# Load options only the server sets: the runtime class to import (a trust decision), where
+# archives unpack, and the task (from the version's metadata).
+RESERVED_OPTIONS = frozenset({"runtime_class", "cache_dir", "task"})
 
 
 class TensorSpec(BaseModel):
@@ -117,6 +122,22 @@ class DeploySpec(BaseModel):
     replicas: int = Field(default=1, ge=0, le=64)
     max_batch_size: int = Field(default=1, ge=1, le=65536)
     max_latency_ms: float = Field(default=5.0, ge=0, le=60_000)
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Runtime options, e.g. threads, n_ctx, chat_template (see the runtime).",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(
+        cls, options: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for key in options:
+            if not re.fullmatch(OPTION_PATTERN, key):
+                raise ValueError(f"option name {key!r} must match {OPTION_PATTERN}")
+            if key in RESERVED_OPTIONS:
+                raise ValueError(f"option {key!r} is set by the server, not by a deployment")
+        return options
 
 
 class ScaleSpec(BaseModel):
@@ -142,11 +163,27 @@ class DeploymentStatus(BaseModel):
     replicas: int
     max_batch_size: int
     max_latency_ms: float
+    options: dict[str, Any] = Field(default_factory=dict)
     state: DeploymentState
     reason: str | None = None
     ready_replicas: int = 0
     replica_status: list[ReplicaStatus] = Field(default_factory=list)
     queue_depth: int = 0
+
+
+class UsageRecord(BaseModel):
+    """One usage event (``engine.usage.UsageEvent``) as ``/api/usage/recent`` shows it."""
+
+    request_id: str
+    model: str
+    version: int
+    kind: str = Field(description="chat, completion, embedding or inference")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    streamed: bool
+    finished: bool = Field(description="False when the client left before the end")
+    created: datetime
 
 
 class ServerStatus(BaseModel):

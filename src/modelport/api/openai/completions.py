@@ -1,0 +1,162 @@
+"""``POST /v1/completions``: raw-prompt completion on a text-generation model.
+
+``prompt`` is a string or a list of strings (each gets ``n`` choices, indexed prompt by
+prompt as OpenAI does). Token-array prompts are refused: the API process holds no
+tokenizer, and the runtimes take text. ``max_tokens`` defaults to 16, OpenAI's default for
+this endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelport.api.deps import get_services
+from modelport.api.errors import openai_error
+from modelport.api.openai.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Usage,
+    read_request,
+)
+from modelport.api.openai.sampling import (
+    FINGERPRINT,
+    choices_per_prompt,
+    expand,
+    new_id,
+    sampling_params,
+    usage,
+)
+from modelport.api.openai.sse import (
+    DONE,
+    ClientDisconnected,
+    EventStreamResponse,
+    event,
+    until_disconnect,
+)
+from modelport.engine.llm_generation import Delta, Generation
+from modelport.errors import InvalidInput, ModelportError
+
+router = APIRouter(tags=["OpenAI"])
+
+DEFAULT_MAX_TOKENS = 16
+MAX_PROMPTS = 64
+
+
+def prompts(value: Any) -> list[str]:
+    """The prompt(s) of a request; ``InvalidInput`` naming ``prompt`` otherwise."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        if len(value) > MAX_PROMPTS:
+            raise InvalidInput(f"prompt takes at most {MAX_PROMPTS} strings", param="prompt")
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, int | list) for p in value):
+        raise InvalidInput(
+            "token-array prompts are not supported by modelport; send the text", param="prompt"
+        )
+    raise InvalidInput("prompt must be a string or a non-empty list of strings", param="prompt")
+
+
+async def handle_completion(request: Request) -> Response:
+    """Run one completion request (also called by ``api.fastpath``)."""
+    services = get_services(request)
+    settings = services.settings
+    started = time.perf_counter()
+    body = await read_request(request, CompletionRequest, settings.max_request_bytes)
+    texts = prompts(body.prompt)
+    n = choices_per_prompt(body, settings)
+    if n * len(texts) > settings.llm_max_n * MAX_PROMPTS:
+        raise InvalidInput("too many choices: n times the number of prompts", param="n")
+    params = sampling_params(body, settings, DEFAULT_MAX_TOKENS)
+    streamed = bool(body.stream)
+    turn = services.llm.generate(
+        body.model,
+        expand(params, n, prompts=texts),
+        n=n,
+        kind="completion",
+        streamed=streamed,
+        request_id=new_id("cmpl"),
+    )
+    try:  # waiting in the model's line: a client that leaves gives its turn up
+        generation = await until_disconnect(request.receive, turn)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    if streamed:
+        options = body.stream_options
+        include_usage = bool(options is not None and options.include_usage)
+        services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
+        return EventStreamResponse(_chunks(generation, include_usage))
+    try:
+        choices = await until_disconnect(request.receive, generation.collect())
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the generation is stopped
+    finally:
+        await generation.aclose()
+    answer = Completion(
+        id=generation.id,
+        created=generation.created,
+        model=generation.model,
+        system_fingerprint=FINGERPRINT,
+        choices=[
+            CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason)
+            for c in choices
+        ],
+        usage=Usage(**usage(generation)),
+    )
+    services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
+async def _chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+    """``text_completion`` events, the usage chunk if asked for, then ``[DONE]``."""
+    head = {
+        "id": generation.id,
+        "object": "text_completion",
+        "created": generation.created,
+        "model": generation.model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    tail: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        return event({**head, "choices": [choice], **tail})
+
+    try:
+        try:
+            async with aclosing(generation.events()) as events:
+                async for item in events:
+                    if isinstance(item, Delta):
+                        if item.text:
+                            yield chunk(item.index, item.text)
+                    else:
+                        yield chunk(item.index, "", item.finish_reason)
+        except ModelportError as exc:  # the stream broke after it began: tell the client so
+            yield event(openai_error(exc.status, exc.message, exc.code, exc.param))
+            return
+        if include_usage:
+            yield event({**head, "choices": [], "usage": usage(generation)})
+        yield DONE
+    finally:  # also when closed before the first event: free the replica
+        await generation.aclose()
+
+
+@router.post(
+    "/v1/completions",
+    summary="Text completion (OpenAI API; stream=true answers server-sent events)",
+    response_model=Completion,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": CompletionRequest.model_json_schema()}}
+        }
+    },
+)
+async def completions(request: Request) -> Response:
+    return await handle_completion(request)
