@@ -14,6 +14,7 @@ from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from modelport.api.deps import get_services
@@ -26,6 +27,7 @@ from modelport.api.openai.protocol import (
     Usage,
     read_request,
 )
+from modelport.api.openai.respond import respond
 from modelport.api.openai.sampling import (
     FINGERPRINT,
     choices_per_prompt,
@@ -36,12 +38,9 @@ from modelport.api.openai.sampling import (
 )
 from modelport.api.openai.sse import (
     DONE,
-    ClientDisconnected,
-    EventStreamResponse,
     event,
-    until_disconnect,
 )
-from modelport.engine.llm_generation import Delta, Generation
+from modelport.engine.llm_generation import Choice, Delta, Generation
 from modelport.errors import InvalidInput, ModelportError
 
 router = APIRouter(tags=["OpenAI"])
@@ -108,38 +107,36 @@ async def handle_chat(request: Request) -> Response:
         streamed=streamed,
         request_id=new_id("chatcmpl"),
     )
-    try:  # waiting in the model's line: a client that leaves gives its turn up
-        generation = await until_disconnect(request.receive, turn)
-    except ClientDisconnected:
-        return Response(status_code=499)
-    if streamed:
-        options = body.stream_options
-        include_usage = bool(options is not None and options.include_usage)
-        services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
-        return EventStreamResponse(_chunks(generation, include_usage))
-    try:
-        choices = await until_disconnect(request.receive, generation.collect())
-    except ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the generation is stopped
-    finally:
-        await generation.aclose()
-    answer = ChatCompletion(
-        id=generation.id,
-        created=generation.created,
-        model=generation.model,
-        system_fingerprint=FINGERPRINT,
-        choices=[
-            ChatChoice(
-                index=c.index,
-                message=ChatMessage(content=c.text),
-                finish_reason=c.finish_reason,
-            )
-            for c in choices
-        ],
-        usage=Usage(**usage(generation)),
+    options = body.stream_options
+
+    def answer(generation: Generation, choices: list[Choice]) -> BaseModel:
+        return ChatCompletion(
+            id=generation.id,
+            created=generation.created,
+            model=generation.model,
+            system_fingerprint=FINGERPRINT,
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=ChatMessage(content=c.text),
+                    finish_reason=c.finish_reason,
+                )
+                for c in choices
+            ],
+            usage=Usage(**usage(generation)),
+        )
+
+    return await respond(
+        request,
+        services,
+        body.model,
+        turn,
+        stream=streamed,
+        include_usage=bool(options is not None and options.include_usage),
+        started=started,
+        chunks=_chunks,
+        answer=answer,
     )
-    services.metrics.observe_request(body.model, "openai", 200, time.perf_counter() - started)
-    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 async def _chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
