@@ -37,7 +37,11 @@ def in_process(path: str, tokens: int) -> tuple[float, float, int]:
     start = time.perf_counter()
     first = end = 0.0
     count = 0
-    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True):
+    from modelport.runtimes.gguf import llama_kwargs
+    from modelport.runtimes.text import SamplingParams
+
+    settings = llama_kwargs(SamplingParams(max_tokens=tokens, temperature=0.0))
+    for chunk in llm.create_completion(PROMPT, stream=True, **settings):
         if not chunk["choices"][0]["text"]:  # same rule as for the served stream
             continue
         now = time.perf_counter()
