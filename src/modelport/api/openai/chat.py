@@ -9,8 +9,7 @@ template in the worker. Anything else a message may carry (images, tool calls, n
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,7 +17,6 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from modelport.api.deps import get_services
-from modelport.api.errors import openai_error
 from modelport.api.openai.protocol import (
     ChatChoice,
     ChatCompletion,
@@ -36,12 +34,8 @@ from modelport.api.openai.sampling import (
     sampling_params,
     usage,
 )
-from modelport.api.openai.sse import (
-    DONE,
-    event,
-)
-from modelport.engine.llm_generation import Choice, Delta, Generation
-from modelport.errors import InvalidInput, ModelportError
+from modelport.engine.llm_generation import Choice, Delta, Generation, GenerationEvent
+from modelport.errors import InvalidInput
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -134,48 +128,31 @@ async def handle_chat(request: Request) -> Response:
         stream=streamed,
         include_usage=bool(options is not None and options.include_usage),
         started=started,
-        chunks=_chunks,
+        obj="chat.completion.chunk",
+        choices=_choices,
         answer=answer,
     )
 
 
-async def _chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """``chat.completion.chunk`` events, the usage chunk if asked for, then ``[DONE]``."""
-    head = {
-        "id": generation.id,
-        "object": "chat.completion.chunk",
-        "created": generation.created,
-        "model": generation.model,
-        "system_fingerprint": FINGERPRINT,
-    }
-    tail: dict[str, Any] = {"usage": None} if include_usage else {}
+def _choice(index: int, delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    def chunk(index: int, delta: dict[str, str], finish: str | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return event({**head, "choices": [choice], **tail})
 
-    try:
-        try:
-            async with aclosing(generation.events()) as events:
-                current = 0
-                yield chunk(0, {"role": "assistant", "content": ""})
-                async for item in events:
-                    if item.index != current:  # the next choice begins
-                        current = item.index
-                        yield chunk(current, {"role": "assistant", "content": ""})
-                    if isinstance(item, Delta):
-                        if item.text:
-                            yield chunk(current, {"content": item.text})
-                    else:
-                        yield chunk(current, {}, item.finish_reason)
-        except ModelportError as exc:  # the stream broke after it began: tell the client so
-            yield event(openai_error(exc.status, exc.message, exc.code, exc.param))
-            return
-        if include_usage:
-            yield event({**head, "choices": [], "usage": usage(generation)})
-        yield DONE
-    finally:  # also when closed before the first event: free the replica
-        await generation.aclose()
+async def _choices(
+    events: AsyncIterator[GenerationEvent],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Chat chunk choices: a role delta opens each choice, then content, then the finish."""
+    current = 0
+    yield _choice(0, {"role": "assistant", "content": ""})
+    async for item in events:
+        if item.index != current:  # the next choice begins
+            current = item.index
+            yield _choice(current, {"role": "assistant", "content": ""})
+        if isinstance(item, Delta):
+            if item.text:
+                yield _choice(current, {"content": item.text})
+        else:
+            yield _choice(current, {}, item.finish_reason)
 
 
 @router.post(

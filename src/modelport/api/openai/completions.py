@@ -9,8 +9,7 @@ this endpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,7 +17,6 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from modelport.api.deps import get_services
-from modelport.api.errors import openai_error
 from modelport.api.openai.protocol import (
     Completion,
     CompletionChoice,
@@ -35,12 +33,8 @@ from modelport.api.openai.sampling import (
     sampling_params,
     usage,
 )
-from modelport.api.openai.sse import (
-    DONE,
-    event,
-)
-from modelport.engine.llm_generation import Choice, Delta, Generation
-from modelport.errors import InvalidInput, ModelportError
+from modelport.engine.llm_generation import Choice, Delta, Generation, GenerationEvent
+from modelport.errors import InvalidInput
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -106,43 +100,20 @@ async def handle_completion(request: Request) -> Response:
         stream=streamed,
         include_usage=bool(options is not None and options.include_usage),
         started=started,
-        chunks=_chunks,
+        obj="text_completion",
+        choices=_choices,
         answer=answer,
     )
 
 
-async def _chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """``text_completion`` events, the usage chunk if asked for, then ``[DONE]``."""
-    head = {
-        "id": generation.id,
-        "object": "text_completion",
-        "created": generation.created,
-        "model": generation.model,
-        "system_fingerprint": FINGERPRINT,
-    }
-    tail: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-        return event({**head, "choices": [choice], **tail})
-
-    try:
-        try:
-            async with aclosing(generation.events()) as events:
-                async for item in events:
-                    if isinstance(item, Delta):
-                        if item.text:
-                            yield chunk(item.index, item.text)
-                    else:
-                        yield chunk(item.index, "", item.finish_reason)
-        except ModelportError as exc:  # the stream broke after it began: tell the client so
-            yield event(openai_error(exc.status, exc.message, exc.code, exc.param))
-            return
-        if include_usage:
-            yield event({**head, "choices": [], "usage": usage(generation)})
-        yield DONE
-    finally:  # also when closed before the first event: free the replica
-        await generation.aclose()
+async def _choices(
+    events: AsyncIterator[GenerationEvent],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Text completion chunk choices: each piece of text, then the finish."""
+    async for item in events:
+        text, finish = (item.text, None) if isinstance(item, Delta) else ("", item.finish_reason)
+        if text or finish:
+            yield {"index": item.index, "text": text, "logprobs": None, "finish_reason": finish}
 
 
 @router.post(
