@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,20 @@ import httpx
 from benchmarks.common import free_port, modelport_server
 
 PROMPT = "The history of the printing press begins"
+
+
+def _timed(start: float, texts: Iterator[str]) -> tuple[float, float, int]:
+    """(time to first token s, tokens/s after the first, tokens) over non-empty pieces."""
+    first = end = 0.0
+    count = 0
+    for text in texts:
+        if not text:  # the same rule for both sides: only pieces with text count
+            continue
+        end = time.perf_counter()
+        if count == 0:
+            first = end
+        count += 1
+    return first - start, (count - 1) / (end - first), count
 
 
 def in_process(path: str, tokens: int) -> tuple[float, float, int]:
@@ -33,23 +48,14 @@ def in_process(path: str, tokens: int) -> tuple[float, float, int]:
     if _LLM is None:
         _LLM = Llama(model_path=path, n_ctx=2048, n_threads=1, n_threads_batch=2, verbose=False)
     llm = _LLM
-    llm.reset()
-    start = time.perf_counter()
-    first = end = 0.0
-    count = 0
     from modelport.runtimes.gguf import llama_kwargs
     from modelport.runtimes.text import SamplingParams
 
     settings = llama_kwargs(SamplingParams(max_tokens=tokens, temperature=0.0))
-    for chunk in llm.create_completion(PROMPT, stream=True, **settings):
-        if not chunk["choices"][0]["text"]:  # same rule as for the served stream
-            continue
-        now = time.perf_counter()
-        if count == 0:
-            first = now
-        end = now
-        count += 1
-    return first - start, (count - 1) / (end - first), count
+    llm.reset()
+    start = time.perf_counter()
+    chunks = llm.create_completion(PROMPT, stream=True, **settings)
+    return _timed(start, (chunk["choices"][0]["text"] for chunk in chunks))
 
 
 _LLM = None
@@ -65,21 +71,9 @@ def served(client: httpx.Client, tokens: int) -> tuple[float, float, int]:
     body = {"model": "gemma-3-270m", "prompt": PROMPT, "max_tokens": tokens,
             "temperature": 0.0, "stream": True}  # fmt: skip
     start = time.perf_counter()
-    first = end = 0.0
-    count = 0
     with client.stream("POST", "/completions", json=body) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if not chunk["choices"] or not chunk["choices"][0]["text"]:
-                continue
-            now = time.perf_counter()
-            if count == 0:
-                first = now
-            end = now
-            count += 1
-    return first - start, (count - 1) / (end - first), count
+        chunks = (json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {"))
+        return _timed(start, (c["choices"][0]["text"] if c["choices"] else "" for c in chunks))
 
 
 def main() -> None:
