@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 from modelport import errors
 from modelport.cli.main import app
 from modelport.client import AsyncClient, Client
-from modelport.client.core import CHUNK_SIZE
+from modelport.client.files import CHUNK_SIZE
 from modelport.types.admin import DeploymentState
 from tests.integration.helpers import iris_rows, served_runtime
 from tests.integration.server_process import ServerProcess, free_port

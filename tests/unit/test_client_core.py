@@ -14,18 +14,14 @@ import pytest
 from modelport import errors
 from modelport.client import Client
 from modelport.client.core import (
-    CHUNK_SIZE,
-    ArtifactFile,
     ClientCore,
-    check_uploaded,
     decode_v2_response,
     encode_v2_request,
-    error_from_response,
     is_ready,
-    iter_file,
     not_ready_in_time,
-    transport_error,
 )
+from modelport.client.files import CHUNK_SIZE, ArtifactFile, check_uploaded, iter_file
+from modelport.client.responses import error_from_response, transport_error
 from modelport.types.admin import ArtifactInfo, DeploymentState, DeploymentStatus
 
 NOW = "2025-01-02T03:04:05Z"

@@ -16,7 +16,8 @@ Both speak to a modelport server over HTTP, parse responses into the wire models
 from __future__ import annotations
 
 from modelport.client.async_ import AsyncClient
-from modelport.client.core import DEFAULT_URL, Progress
+from modelport.client.core import DEFAULT_URL
+from modelport.client.files import Progress
 from modelport.client.sync import Client
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "Progress"]

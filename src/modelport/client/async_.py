@@ -17,17 +17,14 @@ import numpy as np
 
 from modelport.client.core import (
     DEFAULT_URL,
-    ArtifactFile,
     Call,
     ClientCore,
-    Progress,
-    check_uploaded,
     is_ready,
-    iter_file,
     not_ready_in_time,
     poll_delays,
-    transport_error,
 )
+from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
+from modelport.client.responses import transport_error
 from modelport.errors import ModelportError
 from modelport.types.admin import (
     ArtifactInfo,

@@ -4,7 +4,9 @@ Everything that does not depend on *how* bytes travel lives here: building each 
 (method, path, query, body, headers), turning response bodies into the wire models of
 ``modelport.types.admin``, rebuilding server errors as the very ``modelport.errors`` classes
 the server raised, and the V2 tensor encoding. ``Client`` and ``AsyncClient`` only send a
-``Call`` and hand the status and body back to it, so the two cannot drift apart.
+``Call`` and hand the status and body back to it, so the two cannot drift apart. Reading
+artifact files for upload lives in ``client.files``; reading responses (wire models and
+errors) in ``client.responses``.
 
 An operation is a ``Call[T]``: a ``Request`` plus the parser that turns a 2xx body into
 ``T``. Non-2xx bodies become exceptions in ``Call.handle``.
@@ -12,21 +14,26 @@ An operation is a ``Call[T]``: a ``Request`` plus the parser that turns a 2xx bo
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 import orjson
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from modelport import errors
+from modelport.client.files import ArtifactFile
+from modelport.client.responses import (
+    ERROR_CODE_HEADER,
+    error_from_response,
+    parse_json,
+    parse_list,
+    parse_model,
+    parse_nothing,
+)
 from modelport.codecs.dtypes import to_numpy_dtype, to_v2_datatype
 from modelport.types.admin import (
     ArtifactInfo,
@@ -47,16 +54,7 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-CHUNK_SIZE = 1024 * 1024
-"""Upload chunk size: big enough to keep syscalls rare, small enough to stream smoothly."""
-
-Progress = Callable[[int], None]
-"""Upload progress callback; receives the total number of bytes sent so far."""
-
 _JSON = "application/json"
-
-ERROR_CODE_HEADER = "X-Modelport-Error"
-"""Carries the error code where the body's shape has no room for it (V1/V2 inference)."""
 
 
 @dataclass(frozen=True)
@@ -83,99 +81,6 @@ class Call(Generic[T]):
             code = headers.get(ERROR_CODE_HEADER) if headers is not None else None
             raise error_from_response(status, body, code)
         return self.parse(body)
-
-
-# --- errors -------------------------------------------------------------------------------
-
-
-def error_class(code: str | None, status: int) -> type[errors.ModelportError]:
-    """The error class for a wire ``code`` (see ``modelport.errors.error_for_code``)."""
-    return errors.error_for_code(code, status)
-
-
-def error_from_response(status: int, body: bytes, code: str | None = None) -> errors.ModelportError:
-    """Rebuild the server's exception from an error response.
-
-    Understands the admin shape ``{"error": {"code", "message", "param"}}``, the V2 shape
-    ``{"error": "message"}`` (whose code, if any, comes in the ``X-Modelport-Error`` header,
-    passed as ``code``), FastAPI's ``{"detail": ...}`` and, for anything else (a proxy's
-    HTML page), the status and the start of the body.
-    """
-    param: str | None = None
-    message = ""
-    try:
-        data = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        detail = data.get("error", data.get("detail"))
-        if isinstance(detail, dict):
-            code = _str_or_none(detail.get("code")) or code
-            param = _str_or_none(detail.get("param"))
-            message = str(detail.get("message", ""))
-        elif detail is not None:
-            message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
-    if not message:
-        text = body[:200].decode("utf-8", errors="replace").strip()
-        message = f"HTTP {status}" + (f": {text}" if text else "")
-    return error_class(code, status)(message, param=param)
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def transport_error(exc: httpx.TransportError, base_url: str) -> errors.ModelportError:
-    """The modelport error for a request that got no response at all."""
-    if isinstance(exc, httpx.TimeoutException):
-        return errors.DeadlineExceeded(f"request to {base_url} timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
-        return errors.Unavailable(f"cannot connect to the modelport server at {base_url}: {exc}")
-    return errors.Unavailable(f"connection to {base_url} failed: {exc}")
-
-
-# --- parsers ------------------------------------------------------------------------------
-
-
-def _parse_model(model: type[M]) -> Callable[[bytes], M]:
-    def parse(body: bytes) -> M:
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            raise _unexpected(model.__name__, exc) from None
-
-    return parse
-
-
-def _parse_list(model: type[M]) -> Callable[[bytes], list[M]]:
-    adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
-
-    def parse(body: bytes) -> list[M]:
-        try:
-            result: list[M] = adapter.validate_json(body)
-        except ValidationError as exc:
-            raise _unexpected(f"list of {model.__name__}", exc) from None
-        return result
-
-    return parse
-
-
-def _parse_nothing(body: bytes) -> None:
-    return None
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise errors.ModelportError(f"the server sent invalid JSON: {exc}") from None
-
-
-def _unexpected(what: str, exc: ValidationError) -> errors.ModelportError:
-    return errors.ModelportError(
-        f"unexpected response from the server (expected {what}): "
-        f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
-    )
 
 
 # --- V2 tensors ---------------------------------------------------------------------------
@@ -235,100 +140,6 @@ def _dumps(body: Any) -> bytes:
 def _seg(value: str | int) -> str:
     """One URL path segment; names are validated by the server, quoting keeps them whole."""
     return quote(str(value), safe="")
-
-
-# --- artifact files -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArtifactFile:
-    """An artifact on disk, measured before upload so the server can verify it.
-
-    A folder (a Hugging Face model directory) is an artifact too: it travels as the
-    deterministic tar stream of ``runtimes.unpack.pack_dir``, hashed in a first pass and
-    streamed again for the upload, never copied to disk.
-    """
-
-    path: Path
-    size: int
-    sha256: str
-    folder: bool = False
-
-    @property
-    def name(self) -> str:
-        """The artifact's name on the server (``<folder>.tar`` for a folder)."""
-        return f"{self.path.name}.tar" if self.folder else self.path.name
-
-    @classmethod
-    def measure_path(cls, path: str | os.PathLike[str]) -> ArtifactFile:
-        """``measure`` a file, or the tar stream of a folder."""
-        if Path(path).is_dir():
-            return cls._measure_folder(Path(path))
-        return cls.measure(path)
-
-    @classmethod
-    def measure(cls, path: str | os.PathLike[str]) -> ArtifactFile:
-        """Size and SHA-256 of ``path``, read in chunks (the file never sits in memory)."""
-        file_path = Path(path)
-        if not file_path.is_file():
-            raise errors.InvalidInput(f"artifact {str(file_path)!r} is not a file", param="path")
-        try:
-            with file_path.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            size = file_path.stat().st_size
-        except OSError as exc:
-            raise errors.InvalidInput(
-                f"cannot read artifact {str(file_path)!r}: {exc.strerror}", param="path"
-            ) from None
-        return cls(file_path, size, digest)
-
-    @classmethod
-    def _measure_folder(cls, folder: Path) -> ArtifactFile:
-        from modelport.runtimes.unpack import pack_dir, packed_size
-
-        digest = hashlib.sha256()
-        try:
-            for chunk in pack_dir(folder):
-                digest.update(chunk)
-            size = packed_size(folder)
-        except OSError as exc:
-            raise errors.InvalidInput(
-                f"cannot read folder {str(folder)!r}: {exc.strerror}", param="path"
-            ) from None
-        return cls(folder, size, digest.hexdigest(), folder=True)
-
-
-def iter_file(path: Path, progress: Progress | None = None) -> Generator[bytes, None, None]:
-    """The file's bytes in chunks, calling ``progress(total_sent)`` after each chunk is sent.
-
-    The callback runs when the HTTP layer asks for the next chunk, i.e. once the previous
-    one has been handed to the socket, so it counts bytes sent rather than bytes read.
-    """
-    sent = 0
-    if path.is_dir():  # a model folder: the same tar stream ArtifactFile.measure hashed
-        from modelport.runtimes.unpack import pack_dir
-
-        for chunk in pack_dir(path, CHUNK_SIZE):
-            yield chunk
-            sent += len(chunk)
-            if progress is not None:
-                progress(sent)
-        return
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            yield chunk
-            sent += len(chunk)
-            if progress is not None:
-                progress(sent)
-
-
-def check_uploaded(artifact: ArtifactFile, info: ArtifactInfo) -> None:
-    """Refuse an upload the server stored under a different digest or size."""
-    if info.sha256 != artifact.sha256 or info.size != artifact.size:
-        raise errors.ArtifactCorrupted(
-            f"server stored {info.sha256} ({info.size} bytes) for {artifact.path.name}, "
-            f"expected {artifact.sha256} ({artifact.size} bytes)"
-        )
 
 
 # --- readiness ----------------------------------------------------------------------------
@@ -398,7 +209,7 @@ class ClientCore:
             "Content-Length": str(artifact.size),
         }
         request = Request("POST", "/api/artifacts", {"sha256": artifact.sha256}, None, headers)
-        return Call(request, _parse_model(ArtifactInfo))
+        return Call(request, parse_model(ArtifactInfo))
 
     def create_version(
         self,
@@ -429,21 +240,21 @@ class ClientCore:
         return self._json("POST", f"/api/models/{_seg(name)}/versions", body, VersionInfo)
 
     def list_models(self) -> Call[list[ModelInfo]]:
-        return Call(Request("GET", "/api/models"), _parse_list(ModelInfo))
+        return Call(Request("GET", "/api/models"), parse_list(ModelInfo))
 
     def get_model(self, name: str) -> Call[ModelDetail]:
-        return Call(Request("GET", f"/api/models/{_seg(name)}"), _parse_model(ModelDetail))
+        return Call(Request("GET", f"/api/models/{_seg(name)}"), parse_model(ModelDetail))
 
     def delete_model(self, name: str) -> Call[None]:
-        return Call(Request("DELETE", f"/api/models/{_seg(name)}"), _parse_nothing)
+        return Call(Request("DELETE", f"/api/models/{_seg(name)}"), parse_nothing)
 
     def get_version(self, name: str, ref: int | str = "latest") -> Call[VersionInfo]:
         path = f"/api/models/{_seg(name)}/versions/{_seg(ref)}"
-        return Call(Request("GET", path), _parse_model(VersionInfo))
+        return Call(Request("GET", path), parse_model(VersionInfo))
 
     def delete_version(self, name: str, version: int) -> Call[None]:
         path = f"/api/models/{_seg(name)}/versions/{_seg(version)}"
-        return Call(Request("DELETE", path), _parse_nothing)
+        return Call(Request("DELETE", path), parse_nothing)
 
     def set_alias(self, name: str, alias: str, version: int) -> Call[VersionInfo]:
         body = _validated(SetAlias, {"version": version})
@@ -452,7 +263,7 @@ class ClientCore:
 
     def delete_alias(self, name: str, alias: str) -> Call[None]:
         path = f"/api/models/{_seg(name)}/aliases/{_seg(alias)}"
-        return Call(Request("DELETE", path), _parse_nothing)
+        return Call(Request("DELETE", path), parse_nothing)
 
     # deployments
 
@@ -489,17 +300,17 @@ class ClientCore:
         return self._json("PATCH", f"/api/deployments/{_seg(name)}", body, DeploymentStatus)
 
     def undeploy(self, name: str) -> Call[None]:
-        return Call(Request("DELETE", f"/api/deployments/{_seg(name)}"), _parse_nothing)
+        return Call(Request("DELETE", f"/api/deployments/{_seg(name)}"), parse_nothing)
 
     def deployments(self) -> Call[list[DeploymentStatus]]:
-        return Call(Request("GET", "/api/deployments"), _parse_list(DeploymentStatus))
+        return Call(Request("GET", "/api/deployments"), parse_list(DeploymentStatus))
 
     def deployment(self, name: str) -> Call[DeploymentStatus]:
         path = f"/api/deployments/{_seg(name)}"
-        return Call(Request("GET", path), _parse_model(DeploymentStatus))
+        return Call(Request("GET", path), parse_model(DeploymentStatus))
 
     def status(self) -> Call[ServerStatus]:
-        return Call(Request("GET", "/api/status"), _parse_model(ServerStatus))
+        return Call(Request("GET", "/api/status"), parse_model(ServerStatus))
 
     def ready(self) -> Call[bool]:
         """``GET /v2/health/ready``; the caller treats an error status as not ready."""
@@ -529,7 +340,7 @@ class ClientCore:
             path += f"/versions/{_seg(version)}"
         content = _dumps(encode_v2_request(inputs))
         request = Request("POST", f"{path}/infer", content=content, headers=_json_headers())
-        return Call(request, lambda body: decode_v2_response(_parse_json(body)))
+        return Call(request, lambda body: decode_v2_response(parse_json(body)))
 
     def _json(
         self,
@@ -541,7 +352,7 @@ class ClientCore:
     ) -> Call[M]:
         content = body.model_dump_json(exclude_none=True, exclude=exclude).encode()
         request = Request(method, path, content=content, headers=_json_headers())
-        return Call(request, _parse_model(model))
+        return Call(request, parse_model(model))
 
 
 def _json_headers() -> dict[str, str]:
@@ -559,7 +370,7 @@ def _validated(model: type[M], values: dict[str, Any]) -> M:
 
 
 def _parse_predictions(body: bytes) -> list[Any]:
-    data = _parse_json(body)
+    data = parse_json(body)
     predictions = data.get("predictions") if isinstance(data, dict) else None
     if not isinstance(predictions, list):
         raise errors.ModelportError("unexpected response from the server: no 'predictions' list")
