@@ -17,13 +17,22 @@ Each request starts from an empty KV cache (``options["prefix_cache"]`` keeps ll
 prefix reuse instead), so an answer depends on its request only, not on what the replica
 served before.
 
+Threads: llama.cpp's CPU backend runs on OpenMP, whose idle threads by default spin for
+a while (``GOMP_SPINCOUNT``, 300,000 turns) after each parallel part. After the prompt's
+multi-threaded evaluation that spin holds a core for several milliseconds — exactly when the
+API server needs it to forward the first token (on 2 cores it added ~4 ms to time-to-first-
+token). The worker is a process of its own, so :func:`tune_openmp` shortens the spin there
+before llama.cpp (hence libgomp) loads; ``options["omp_spincount"]`` changes it.
+
 Options: ``n_ctx`` (2048, rounded up to a multiple of 256), ``threads`` (generation, 1),
-``threads_batch`` (prompt, 2), ``chat_template``, ``prefix_cache`` (false).
+``threads_batch`` (prompt, 2), ``chat_template``, ``prefix_cache`` (false),
+``omp_spincount`` (3000).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -48,6 +57,19 @@ if TYPE_CHECKING:
 # OpenAI's sampling knobs are temperature and top_p; llama.cpp's extra samplers are switched
 # off so those two mean what they mean in the OpenAI API.
 FIXED_SAMPLING: dict[str, Any] = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
+# Long enough for the spin between two steps of one evaluation, short enough to free the core
+# soon after it (see the module docstring); measured by benchmarks/llm_stream.py.
+OMP_SPINCOUNT = 3000
+
+
+def tune_openmp(spincount: int = OMP_SPINCOUNT) -> None:
+    """Shorten OpenMP's idle spin for this process unless the environment already set it.
+
+    Takes effect only before libgomp loads (it reads the variable once): call it before
+    importing ``llama_cpp``. The benchmark calls it too, so both sides run alike.
+    """
+    os.environ.setdefault("GOMP_SPINCOUNT", str(spincount))
+
 
 SIGNATURE = Signature(
     inputs=[TensorSpec(name="text_input", datatype="BYTES", shape=[-1])],
@@ -139,6 +161,7 @@ class GgufRuntime(Runtime):
 
     def load(self) -> Signature:
         options = self.spec.options
+        tune_openmp(int(options.get("omp_spincount", OMP_SPINCOUNT)))
         llama_class = _counting_llama_class()
         try:
             self._llm = llama_class(
