@@ -13,6 +13,11 @@ This module imports no web framework on purpose: engine, runtimes and workers ra
     │   ├── ShapeMismatch (400 shape_mismatch)
     │   ├── DtypeMismatch (400 dtype_mismatch)
     │   └── UnsafeArtifact (400 unsafe_artifact)         pickle without trusted=True
+    ├── Unauthenticated (401 unauthenticated)            no, unknown, expired or revoked key
+    ├── PermissionDenied (403 permission_denied)         the key lacks a scope
+    ├── TooManyRequests (429 too_many_requests)
+    │   ├── RateLimited (429 rate_limit_exceeded)        requests/tokens per minute
+    │   └── QuotaExceeded (429 insufficient_quota)       monthly budget spent
     ├── NotFound (404 not_found)
     │   ├── ModelNotFound (404 model_not_found)
     │   ├── VersionNotFound (404 version_not_found)
@@ -39,10 +44,19 @@ class ModelportError(Exception):
     code: ClassVar[str] = "internal"
     status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
 
-    def __init__(self, message: str, *, param: str | None = None, **details: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # Response headers the error carries (Retry-After, x-ratelimit-*, WWW-Authenticate).
+        self.headers = headers or {}
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +89,29 @@ class DtypeMismatch(InvalidInput):
 
 class UnsafeArtifact(InvalidInput):
     code = "unsafe_artifact"
+
+
+class Unauthenticated(ModelportError):
+    code = "unauthenticated"
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class PermissionDenied(ModelportError):
+    code = "permission_denied"
+    status = HTTPStatus.FORBIDDEN
+
+
+class TooManyRequests(ModelportError):
+    code = "too_many_requests"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "insufficient_quota"
 
 
 class NotFound(ModelportError):

@@ -47,7 +47,7 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 # Our codes that OpenAI spells differently.
-_OPENAI_CODES = {"deployment_not_found": "model_not_found"}
+_OPENAI_CODES = {"deployment_not_found": "model_not_found", "unauthenticated": "invalid_api_key"}
 
 
 def openai_error(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
@@ -103,7 +103,9 @@ def render_exception(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ModelportError):
         if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             log.warning("%s %s -> %s: %s", request.method, path, exc.code, exc)
-        return error_response(path, exc.status, exc.message, exc.code, exc.param)
+        return error_response(
+            path, exc.status, exc.message, exc.code, exc.param, exc.headers or None
+        )
     log.error("unhandled error on %s %s", request.method, path, exc_info=exc)
     return error_response(path, 500, f"internal error: {type(exc).__name__}", "internal")
 

@@ -1,9 +1,13 @@
 """The SQL schema of the registry, as typed SQLAlchemy 2 ORM classes.
 
-Four tables: ``models``, ``model_versions``, ``aliases`` and ``deployments`` (the desired
-state of deployments, so they survive restarts). The same definitions run on SQLite and
-PostgreSQL: JSON columns use the portable ``JSON`` type and timestamps go through
-``UTCDateTime`` so they always come back timezone-aware in UTC.
+Registry: ``models``, ``model_versions``, ``aliases``, ``model_shares`` and ``deployments``
+(the desired state of deployments, so they survive restarts). Tenancy and billing:
+``tenants``, ``users``, ``api_keys`` (secrets only as SHA-256 hashes), ``prices`` (versioned in
+time), ``usage_records`` (one per answered request, unique by request id) and ``audit_log``.
+Money columns are ``Numeric`` read back as ``Decimal``, never floats.
+
+The same definitions run on SQLite and PostgreSQL: JSON columns use the portable ``JSON``
+type and timestamps go through ``UTCDateTime`` so they always come back timezone-aware in UTC.
 
 This module only describes the schema; Alembic (``migrations/versions``) creates it. Any
 change here needs a new migration, and ``tests/integration/test_registry.py`` checks that
@@ -13,6 +17,7 @@ the two agree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -82,15 +88,93 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Money: 10 decimal places covers per-token prices; 20 digits covers any realistic bill.
+Money = Numeric(20, 10, asdecimal=True)
+# An auto-increment 64-bit key (SQLite only auto-increments a column typed INTEGER).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class TenantRow(Base):
+    """A customer: owns models, deployments, keys and usage; limits and budget apply to it."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_budget: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    # Share of a budget at which the usage API flags the soft threshold (0.8 = 80 %).
+    soft_budget_ratio: Mapped[Decimal] = mapped_column(
+        Numeric(4, 3, asdecimal=True), default=Decimal("0.8")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserRow(Base):
+    """A person in a tenant with a role: owner, admin, developer or viewer."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key: ``mp-<key_id>-<secret>``; only the SHA-256 of the whole key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)  # the public part
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_budget: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ModelRow(Base):
-    """A named model; its versions hold the artifacts."""
+    """A named model; its versions hold the artifacts. Owned by a tenant."""
 
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    # NULL: owned by the platform (models from before tenancy, demo models).
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    # "private" (owner only), "shared" (owner + model_shares), "public" (every tenant).
+    visibility: Mapped[str] = mapped_column(
+        String(16), default="private", server_default=text("'private'")
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelShareRow(Base):
+    """A tenant a ``shared`` model is shared with."""
+
+    __tablename__ = "model_shares"
+    __table_args__ = (UniqueConstraint("model_id", "tenant_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
 
 
 class VersionRow(Base):
@@ -136,6 +220,10 @@ class DeploymentRow(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     # No cascade: a model in use by a deployment must not disappear under it.
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    # The tenant that deployed it (NULL: the platform); who may call it follows the model.
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True
+    )
     version: Mapped[int] = mapped_column(Integer)
     replicas: Mapped[int] = mapped_column(Integer)
     max_batch_size: Mapped[int] = mapped_column(Integer)
@@ -144,3 +232,64 @@ class DeploymentRow(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PriceRow(Base):
+    """One price sheet of a model, in force from ``effective_from`` until the next one.
+
+    Keyed by model *name*, not id, so bills stay explainable after a model is deleted.
+    """
+
+    __tablename__ = "prices"
+    __table_args__ = (UniqueConstraint("model", "effective_from"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    per_1k_requests: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    per_1k_input_tokens: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    per_1k_output_tokens: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    per_compute_second: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageRow(Base):
+    """What one answered request consumed and what it cost; unique by request id."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    requests: Mapped[int] = mapped_column(Integer, default=1)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    compute_ms: Mapped[Decimal] = mapped_column(Numeric(18, 3, asdecimal=True), default=0)
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+    finished: Mapped[bool] = mapped_column(Boolean, default=True)
+    price_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class AuditRow(Base):
+    """One admin action: who (tenant, key), what (action, target, status), when, from where."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    tenant_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(160))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[int] = mapped_column(Integer)
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
