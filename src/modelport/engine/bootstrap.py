@@ -56,6 +56,7 @@ async def install_demo_models(services: Services) -> list[str]:
                 aliases=["production"],
             )
             await services.models.register(demo.name, body)
+            await _publish(services, demo.name)
             await services.deployments.deploy(
                 DeploySpec(model=demo.name, replicas=1, max_batch_size=64, max_latency_ms=2.0)
             )
@@ -107,9 +108,15 @@ async def _install_text_demo(services: Services, demo: TextDemo) -> None:
         aliases=["production"],
     )
     await services.models.register(demo.name, body)
+    await _publish(services, demo.name)
     batching = _EMBEDDING_BATCHING if TASKS.get(demo.task) == EMBEDDINGS else _GENERATION_BATCHING
     await services.deployments.deploy(
         DeploySpec.model_validate(
             {"model": demo.name, "replicas": 1, "options": demo.options, **batching}
         )
     )
+
+
+async def _publish(services: Services, name: str) -> None:
+    """Demo models belong to the platform and every tenant may call them."""
+    await asyncio.to_thread(services.registry.set_visibility, name, "public", ())

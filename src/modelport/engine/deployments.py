@@ -55,6 +55,7 @@ class DeploymentManager:
         self._artifacts = artifacts
         self._backend = backend
         self._metrics = metrics
+        self._access = registry.access
         self._live: dict[str, Deployment] = {}
         # Stored deployments that could not start (e.g. their version was deleted meanwhile).
         self._failed: dict[str, tuple[DeploymentRecord, str]] = {}
@@ -64,14 +65,18 @@ class DeploymentManager:
     # -- hot path -------------------------------------------------------------------------
 
     def get(self, name: str) -> Deployment:
-        """The live deployment serving model ``name`` (no I/O)."""
-        try:
-            return self._live[name]
-        except KeyError:
-            raise DeploymentNotFound(f"model {name!r} is not deployed", param="model") from None
+        """The live deployment serving model ``name`` (no I/O).
+
+        One the caller may not see (engine/access.py) is reported exactly like a missing one.
+        """
+        live = self._live.get(name)
+        if live is None or not self._access.visible(live.record.model):
+            raise DeploymentNotFound(f"model {name!r} is not deployed", param="model")
+        return live
 
     def names(self) -> list[str]:
-        return sorted(self._live)
+        """Names of the live deployments the caller may see."""
+        return self._access.filter(sorted(self._live))
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -99,12 +104,15 @@ class DeploymentManager:
     async def scale(self, name: str, replicas: int) -> DeploymentStatus:
         async with self._lock:
             live = self.get(name)
+            self._access.check_change(live.record.model)
             record = replace(live.record, replicas=replicas, updated_at=datetime.now(UTC))
             live.record = await asyncio.to_thread(self._registry.save_deployment, record)
             await self._backend.scale(name, replicas)
         return self.status(name)
 
     async def undeploy(self, name: str) -> None:
+        # DeploymentNotFound for one the caller may not see, 403 for one it may only use.
+        self._access.check_change(self.status(name).model)
         async with self._lock:
             live = self._live.pop(name, None)
             self._failed.pop(name, None)
@@ -146,6 +154,10 @@ class DeploymentManager:
 
     def status(self, name: str) -> DeploymentStatus:
         live = self._live.get(name)
+        failed = self._failed.get(name)
+        model = live.record.model if live else failed[0].model if failed else name
+        if not self._access.visible(model):
+            raise DeploymentNotFound(f"model {name!r} is not deployed", param="name")
         if live is None:
             if name in self._failed:
                 record, reason = self._failed[name]
@@ -181,7 +193,7 @@ class DeploymentManager:
 
     def statuses(self) -> list[DeploymentStatus]:
         names = sorted(set(self._live) | set(self._failed))
-        return [self.status(name) for name in names]
+        return [self.status(name) for name in self._access.filter(names)]
 
     # -- internals ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -43,6 +43,8 @@ class ModelInfo(BaseModel):
     created_at: datetime
     latest_version: int | None = None
     aliases: dict[str, int] = Field(default_factory=dict)
+    owner: str | None = Field(default=None, description="Owning tenant; null: the platform.")
+    visibility: str = Field(default="private", description="private, shared or public.")
 
 
 class VersionInfo(BaseModel):
@@ -64,6 +66,15 @@ class VersionInfo(BaseModel):
 
 class ModelDetail(ModelInfo):
     versions: list[VersionInfo] = Field(default_factory=list)
+
+
+class SetVisibility(BaseModel):
+    """Body of ``PUT /api/models/{name}/visibility``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    visibility: Literal["private", "shared", "public"]
+    tenants: list[str] = Field(default_factory=list, description="With 'shared': who.")
 
 
 class ArtifactInfo(BaseModel):

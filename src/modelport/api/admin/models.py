@@ -15,6 +15,7 @@ from modelport.types.admin import (
     ModelDetail,
     ModelInfo,
     SetAlias,
+    SetVisibility,
     VersionInfo,
 )
 
@@ -106,3 +107,12 @@ def set_alias(services: ServicesDep, name: str, alias: str, body: SetAlias) -> V
 def delete_alias(services: ServicesDep, name: str, alias: str) -> Response:
     services.registry.delete_alias(name, alias)
     return Response(status_code=204)
+
+
+@router.put(
+    "/models/{name}/visibility",
+    response_model=ModelInfo,
+    summary="Make a model private, public, or shared with named tenants (owner or admin)",
+)
+def set_visibility(services: ServicesDep, name: str, body: SetVisibility) -> ModelInfo:
+    return services.registry.set_visibility(name, body.visibility, body.tenants)
