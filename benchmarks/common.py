@@ -24,6 +24,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU = "0"
 LOAD_CPU = "1"
+# The platform admin key the benchmark servers start with (MODELPORT_ADMIN_KEY); a fixed,
+# well-formed key so scripts can call the admin API. Never use it outside benchmarks.
+BENCH_ADMIN_KEY = "mp-0000be4c4000_benchmark-admin-key-not-secret-000000000000"
+ADMIN_HEADERS = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -69,7 +73,13 @@ class Pinned:
             self.proc.kill()
 
 
-def modelport_server(data_dir: Path, port: int, demo: bool = True, pin: bool = True) -> Pinned:
+def modelport_server(
+    data_dir: Path,
+    port: int,
+    demo: bool = True,
+    pin: bool = True,
+    env: dict[str, str] | None = None,
+) -> Pinned:
     args = [
         sys.executable,
         "-m",
@@ -86,7 +96,7 @@ def modelport_server(data_dir: Path, port: int, demo: bool = True, pin: bool = T
     ]
     if not demo:
         args.append("--no-demo")
-    server = Pinned(args, pin=pin)
+    server = Pinned(args, env={"MODELPORT_ADMIN_KEY": BENCH_ADMIN_KEY, **(env or {})}, pin=pin)
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
     return server
 
@@ -98,6 +108,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0  # completed requests (2xx and other)
 
     def row(self, label: str) -> str:
         return (
@@ -137,8 +148,11 @@ def wrk(
 ) -> WrkResult:
     """Closed-loop load: ``concurrency`` connections posting ``body`` for ``seconds``.
 
-    A dict is sent as JSON; bytes are sent as they are, with ``headers``.
+    A dict is sent as JSON; bytes are sent as they are, with ``headers``. Every request
+    carries the benchmark admin key (servers without auth ignore it, so both sides of a
+    comparison send the same bytes).
     """
+    headers = {**ADMIN_HEADERS, **(headers or {})}
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run scripts/ensure-wrk.sh (Debian package 'wrk')")
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +198,8 @@ def wrk(
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(g) for g in m.groups())
-    return WrkResult(concurrency, rps, p50, p99, errors)
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return WrkResult(concurrency, rps, p50, p99, errors, done)
 
 
 def v2_body(name: str, row: list[float]) -> dict[str, object]:

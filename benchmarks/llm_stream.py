@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import free_port, modelport_server
+from benchmarks.common import ADMIN_HEADERS, free_port, modelport_server
 
 PROMPT = "The history of the printing press begins"
 
@@ -90,7 +90,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         with modelport_server(Path(tmp) / "data", port, pin=False):
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=120)
+            client = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}/v1", headers=ADMIN_HEADERS, timeout=120
+            )
             served(client, 8)  # warm-up
             in_process(path, 8)
             for _ in range(args.rounds):

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import (
+    ADMIN_HEADERS,
     Pinned,
     WrkResult,
     free_port,
@@ -51,7 +52,9 @@ def main() -> None:
         port = free_port()
         with modelport_server(data, port):
             url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
-            info = httpx.get(f"http://127.0.0.1:{port}/api/models/iris/versions/latest").json()
+            info = httpx.get(
+                f"http://127.0.0.1:{port}/api/models/iris/versions/latest", headers=ADMIN_HEADERS
+            ).json()
             sha = info["artifact_sha256"]
             artifact = data / "artifacts" / "sha256" / sha[:2] / sha
             bare_port = free_port()

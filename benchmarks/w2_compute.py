@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import (
+    ADMIN_HEADERS,
     SERVER_CPU,
     Pinned,
     free_port,
@@ -132,12 +133,18 @@ def in_process(runtime: str, path: Path, seconds: float) -> dict[int, float]:
 
 
 def push_and_deploy(url: str, runtime: str, path: Path, batch: int, latency: float) -> None:
-    sha = httpx.post(f"{url}/api/artifacts", content=path.read_bytes(), timeout=60).json()
+    sha = httpx.post(
+        f"{url}/api/artifacts", content=path.read_bytes(), headers=ADMIN_HEADERS, timeout=60
+    ).json()
     body = {"artifact_sha256": sha["sha256"], "artifact_name": path.name, "runtime": runtime,
             "signature": SIGNATURE}  # fmt: skip
-    httpx.post(f"{url}/api/models/mlp/versions", json=body, timeout=120).raise_for_status()
+    httpx.post(
+        f"{url}/api/models/mlp/versions", json=body, headers=ADMIN_HEADERS, timeout=120
+    ).raise_for_status()
     spec = {"model": "mlp", "max_batch_size": batch, "max_latency_ms": latency}
-    httpx.post(f"{url}/api/deployments", json=spec, timeout=60).raise_for_status()
+    httpx.post(
+        f"{url}/api/deployments", json=spec, headers=ADMIN_HEADERS, timeout=60
+    ).raise_for_status()
     wait_http(f"{url}/v2/models/mlp/ready")
 
 

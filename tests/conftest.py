@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from modelport.storage.artifacts import LocalArtifactStore
-from tests.fixtures.postgres import fresh_postgres_url, postgres_url
+from tests.fixtures.postgres import fresh_postgres_url, module_postgres_url, postgres_url
 
-__all__ = ["artifact_store", "fresh_postgres_url", "postgres_url"]
+__all__ = ["artifact_store", "fresh_postgres_url", "module_postgres_url", "postgres_url"]
 
 
 @pytest.fixture

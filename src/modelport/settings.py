@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -88,7 +88,70 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="Usage events kept in memory for /api/usage/recent."
     )
 
+    # Metering and billing (``engine.metering``, ``api.metering``).
+    metering: bool = Field(
+        default=True,
+        description="Journal one usage record per answered inference request; enforce budgets.",
+    )
+    metering_flush_ms: float = Field(
+        default=100.0, gt=0, description="How often the usage journal is committed to the DB."
+    )
+    metering_fsync: bool = Field(
+        default=False,
+        description=(
+            "fdatasync every usage journal line (survives power loss, much slower); without "
+            "it the journal survives a killed process, not a crashed kernel."
+        ),
+    )
+    metering_tenant_refresh_s: float = Field(
+        default=2.0, gt=0, description="How often tenant budgets are re-read from the DB."
+    )
+
+    # Rate limits (``engine.ratelimit``): keys and tenants carry their own rpm/tpm.
+    rate_limits: bool = Field(
+        default=True, description="Enforce requests/tokens per minute on inference calls."
+    )
+    model_rpm: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description='Requests per minute per tenant for these models (JSON: {"iris": 600}).',
+    )
+    model_tpm: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="Tokens per minute per tenant for these models (JSON, like model_rpm).",
+    )
+
+    # Authentication (``engine.accounts``, ``api.auth``).
+    auth: bool = Field(
+        default=True,
+        description=(
+            "False: no API keys, no rate limits, no metering — every caller is trusted. Only "
+            "for a single user on a closed machine, and to measure what pay-per-use costs."
+        ),
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The platform admin API key (env MODELPORT_ADMIN_KEY), stored hashed at start; "
+            "unset: the first start generates one into <data_dir>/admin.key (mode 0600)."
+        ),
+    )
+    metrics_public: bool = Field(
+        default=True, description="Serve /metrics without an API key (for scrapers)."
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("admin_key")
+    @classmethod
+    def _no_placeholder_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short or blank admin key is a placeholder, not a secret: refuse to start with it.
+        if value is not None:
+            secret = value.get_secret_value()
+            if not secret:  # MODELPORT_ADMIN_KEY= (empty) means unset
+                return None
+            if len(secret) < 16 or secret != secret.strip():
+                raise ValueError("admin_key must be at least 16 characters without spaces")
+        return value
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -1,4 +1,8 @@
-"""Integration fixtures: a real server process with the demo models."""
+"""Integration fixtures: a real server process with the demo models.
+
+Every test server starts with the fixed admin key ``TEST_ADMIN_KEY``; the CLI and clients
+that take their key from the environment get it through ``MODELPORT_API_KEY``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_process import ServerProcess
+from tests.integration.server_process import TEST_ADMIN_KEY, ServerProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_key_in_environment() -> Iterator[None]:
+    """``MODELPORT_API_KEY`` for CLI and client calls that are not given a key."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODELPORT_API_KEY", TEST_ADMIN_KEY)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 import numpy as np
 
 from modelport.runtimes.base import LoadSpec, Runtime, runtime_class
+from tests.integration.server_process import TEST_ADMIN_KEY
+
+# What the tests send to authenticate as the platform admin (see ``ServerProcess``). Read-only:
+# some clients (tritonclient) add their own entries to the headers dict they are given.
+AUTH: Mapping[str, str] = MappingProxyType({"Authorization": f"Bearer {TEST_ADMIN_KEY}"})
 
 
 def push(url: str, path: Path, name: str, runtime: str, **extra: Any) -> dict[str, Any]:
     """Upload an artifact and register it as a new version of ``name``."""
     with path.open("rb") as fh:
-        art = httpx.post(f"{url}/api/artifacts", content=fh.read(), timeout=60)
+        art = httpx.post(f"{url}/api/artifacts", content=fh.read(), timeout=60, headers=AUTH)
     art.raise_for_status()
     body = {
         "artifact_sha256": art.json()["sha256"],
@@ -23,14 +30,16 @@ def push(url: str, path: Path, name: str, runtime: str, **extra: Any) -> dict[st
         "runtime": runtime,
         **extra,
     }
-    resp = httpx.post(f"{url}/api/models/{name}/versions", json=body, timeout=120)
+    resp = httpx.post(f"{url}/api/models/{name}/versions", json=body, timeout=120, headers=AUTH)
     assert resp.status_code == 201, resp.text
     return dict(resp.json())
 
 
 def deploy(url: str, model: str, timeout: float = 90.0, **spec: Any) -> dict[str, Any]:
     """Deploy and wait until the deployment is ready."""
-    resp = httpx.post(f"{url}/api/deployments", json={"model": model, **spec}, timeout=60)
+    resp = httpx.post(
+        f"{url}/api/deployments", json={"model": model, **spec}, timeout=60, headers=AUTH
+    )
     assert resp.status_code == 201, resp.text
     return wait_state(url, model, "ready", timeout)
 
@@ -39,7 +48,7 @@ def wait_state(url: str, name: str, state: str, timeout: float = 90.0) -> dict[s
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/api/deployments/{name}", timeout=10).json()
+        status = httpx.get(f"{url}/api/deployments/{name}", timeout=10, headers=AUTH).json()
         if status.get("state") == state:
             return status
         time.sleep(0.1)
@@ -48,7 +57,9 @@ def wait_state(url: str, name: str, state: str, timeout: float = 90.0) -> dict[s
 
 def served_runtime(data_dir: Path, url: str, model: str, version: str = "latest") -> Runtime:
     """Load, in this process, the exact artifact the server serves for ``model``."""
-    info = httpx.get(f"{url}/api/models/{model}/versions/{version}", timeout=10).json()
+    info = httpx.get(
+        f"{url}/api/models/{model}/versions/{version}", timeout=10, headers=AUTH
+    ).json()
     sha = info["artifact_sha256"]
     path = data_dir / "artifacts" / "sha256" / sha[:2] / sha
     spec = LoadSpec(

@@ -15,6 +15,9 @@ from typing import BinaryIO
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The platform admin key every test server starts with (MODELPORT_ADMIN_KEY), so tests can
+# call it; ``env={"MODELPORT_ADMIN_KEY": ""}`` starts one that generates its own key file.
+TEST_ADMIN_KEY = "mp-00000000a11d_test-admin-key-not-a-secret-0123456789"
 
 
 def free_port() -> int:
@@ -41,7 +44,12 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "MODELPORT_ADMIN_KEY": TEST_ADMIN_KEY,
+            **self.env,
+        }
         args = [
             sys.executable,
             "-m",

@@ -8,6 +8,7 @@ import struct
 import httpx
 import pytest
 
+from tests.integration.helpers import AUTH
 from tests.integration.server_process import ServerProcess
 
 GOOD = {
@@ -19,7 +20,10 @@ def _infer(
     url: str, content: bytes, headers: dict[str, str] | None = None, model: str = "iris"
 ) -> httpx.Response:
     return httpx.post(
-        f"{url}/v2/models/{model}/infer", content=content, headers=headers, timeout=30
+        f"{url}/v2/models/{model}/infer",
+        content=content,
+        headers={**AUTH, **(headers or {})},
+        timeout=30,
     )
 
 
@@ -84,10 +88,12 @@ def test_bad_infer_requests(live_server: ServerProcess, case: str) -> None:
 def test_unknown_model_and_version(live_server: ServerProcess) -> None:
     resp = _infer(live_server.url, GOOD_BYTES, model="nope")
     assert resp.status_code == 404 and "nope" in resp.json()["error"]
-    resp = httpx.post(f"{live_server.url}/v2/models/iris/versions/999/infer", content=GOOD_BYTES)
+    resp = httpx.post(
+        f"{live_server.url}/v2/models/iris/versions/999/infer", content=GOOD_BYTES, headers=AUTH
+    )
     assert resp.status_code == 404 and "999" in resp.json()["error"]
-    assert httpx.get(f"{live_server.url}/v2/models/nope").status_code == 404
-    assert httpx.get(f"{live_server.url}/v2/models/nope/ready").status_code == 404
+    assert httpx.get(f"{live_server.url}/v2/models/nope", headers=AUTH).status_code == 404
+    assert httpx.get(f"{live_server.url}/v2/models/nope/ready", headers=AUTH).status_code == 404
 
 
 def test_oversized_body(live_server: ServerProcess) -> None:
@@ -100,14 +106,18 @@ def test_oversized_body(live_server: ServerProcess) -> None:
         for _ in range(40):
             yield b" " * 65536
 
-    resp = httpx.post(f"{live_server.url}/v2/models/iris/infer", content=chunks(), timeout=30)
+    resp = httpx.post(
+        f"{live_server.url}/v2/models/iris/infer", content=chunks(), timeout=30, headers=AUTH
+    )
     assert resp.status_code == 413
     assert _infer(live_server.url, GOOD_BYTES).status_code == 200
 
 
 def test_v1_predict_and_its_errors(live_server: ServerProcess) -> None:
     url = f"{live_server.url}/v1/models/iris:predict"
-    resp = httpx.post(url, json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+    resp = httpx.post(
+        url, json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}, headers=AUTH
+    )
     assert resp.status_code == 200, resp.text
     preds = resp.json()["predictions"]
     assert [p["label"] for p in preds] == [0, 2]
@@ -119,28 +129,37 @@ def test_v1_predict_and_its_errors(live_server: ServerProcess) -> None:
         ({"rows": []}, "instances"),
         ({"instances": []}, "instances"),
     ]:
-        resp = httpx.post(url, json=bad)
+        resp = httpx.post(url, json=bad, headers=AUTH)
         assert resp.status_code == 400, (bad, resp.text)
         assert needle in resp.json()["error"], resp.text
-    assert httpx.post(url, content=b"{nope").status_code == 400
-    assert httpx.post(f"{live_server.url}/v1/models/nope:predict", json={}).status_code == 404
+    assert httpx.post(url, content=b"{nope", headers=AUTH).status_code == 400
+    assert (
+        httpx.post(f"{live_server.url}/v1/models/nope:predict", json={}, headers=AUTH).status_code
+        == 404
+    )
 
 
 def test_admin_errors_have_codes(live_server: ServerProcess) -> None:
-    resp = httpx.get(f"{live_server.url}/api/models/nope")
+    resp = httpx.get(f"{live_server.url}/api/models/nope", headers=AUTH)
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "model_not_found"
-    resp = httpx.post(f"{live_server.url}/api/deployments", json={"model": "iris", "replicas": -1})
+    resp = httpx.post(
+        f"{live_server.url}/api/deployments", json={"model": "iris", "replicas": -1}, headers=AUTH
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "replicas"
     resp = httpx.post(
         f"{live_server.url}/api/models/x/versions",
         json={"artifact_sha256": "0" * 64, "artifact_name": "a.onnx", "runtime": "onnx"},
+        headers=AUTH,
     )
     assert resp.status_code == 400, resp.text
     resp = httpx.post(
         f"{live_server.url}/api/models/x/versions",
         json={"artifact_sha256": "0" * 64, "artifact_name": "a", "runtime": "nope"},
+        headers=AUTH,
     )
     assert resp.status_code == 400 and "runtime" in resp.json()["error"]["message"]
-    assert httpx.get(f"{live_server.url}/api/models/x").status_code == 404  # nothing half-made
+    assert (
+        httpx.get(f"{live_server.url}/api/models/x", headers=AUTH).status_code == 404
+    )  # nothing half-made

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import numpy as np
 
-from tests.integration.helpers import deploy, iris_rows, metric_value, served_runtime
+from tests.integration.helpers import AUTH, deploy, iris_rows, metric_value, served_runtime
 from tests.integration.server_process import ServerProcess
 
 CALLERS = 96
@@ -15,7 +15,7 @@ CALLERS = 96
 
 async def _call_all(url: str, rows: np.ndarray) -> list[dict[str, list[float]]]:
     limits = httpx.Limits(max_connections=CALLERS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=AUTH) as client:
 
         async def one(i: int) -> dict[str, list[float]]:
             body = {

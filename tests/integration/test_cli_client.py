@@ -22,7 +22,7 @@ from modelport.cli.main import app
 from modelport.client import AsyncClient, Client
 from modelport.client.files import CHUNK_SIZE
 from modelport.types.admin import DeploymentState
-from tests.integration.helpers import iris_rows, served_runtime
+from tests.integration.helpers import TEST_ADMIN_KEY, iris_rows, served_runtime
 from tests.integration.server_process import ServerProcess, free_port
 
 runner = CliRunner()
@@ -30,7 +30,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def client(live_server: ServerProcess) -> Iterator[Client]:
-    with Client(live_server.url, timeout=60) as c:
+    with Client(live_server.url, api_key=TEST_ADMIN_KEY, timeout=60) as c:
         yield c
 
 
@@ -56,7 +56,9 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli(server: ServerProcess, *args: str, stdin: str | None = None) -> Result:
-    return runner.invoke(app, ["--url", server.url, *args], input=stdin)
+    return runner.invoke(
+        app, ["--url", server.url, "--api-key", TEST_ADMIN_KEY, *args], input=stdin
+    )
 
 
 def ok_json(server: ServerProcess, *args: str, stdin: str | None = None) -> Any:
@@ -249,7 +251,7 @@ def test_async_client_matches_sync(
     rows, want = iris_expected
 
     async def run() -> None:
-        async with AsyncClient(live_server.url) as aclient:
+        async with AsyncClient(live_server.url, api_key=TEST_ADMIN_KEY) as aclient:
             assert (await aclient.wait_ready("iris", timeout=60)).state == DeploymentState.READY
             _assert_same(await aclient.predict("iris", rows.tolist()), _as_v1(want))
             got = await aclient.infer("iris", {"input": rows})

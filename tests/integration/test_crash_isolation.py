@@ -9,7 +9,7 @@ import httpx
 import joblib
 
 from tests.fixtures.crashy import CrashyClassifier
-from tests.integration.helpers import deploy, push, wait_state
+from tests.integration.helpers import AUTH, deploy, push, wait_state
 from tests.integration.server_process import ServerProcess
 
 
@@ -19,7 +19,7 @@ def _infer(url: str, first: float) -> httpx.Response:
             {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [first, 0.0, 0.0, 0.0]}
         ]
     }
-    return httpx.post(f"{url}/v2/models/crashy/infer", json=body, timeout=30)
+    return httpx.post(f"{url}/v2/models/crashy/infer", json=body, timeout=30, headers=AUTH)
 
 
 def test_segfaulting_model_does_not_take_the_server_down(
@@ -38,7 +38,7 @@ def test_segfaulting_model_does_not_take_the_server_down(
     assert "crash" in resp.json()["error"].lower()
     assert time.monotonic() - started < 20  # a clear answer, not a hang
 
-    status = httpx.get(f"{url}/api/deployments/crashy").json()
+    status = httpx.get(f"{url}/api/deployments/crashy", headers=AUTH).json()
     replica = status["replica_status"][0]
     assert replica["restarts"] >= 1
     assert "SIGSEGV" in (replica["reason"] or status["reason"] or "")
@@ -46,20 +46,23 @@ def test_segfaulting_model_does_not_take_the_server_down(
     wait_state(url, "crashy", "ready", timeout=60)
     assert _infer(url, 2.0).status_code == 200
     # Other models never noticed.
-    assert httpx.get(f"{url}/v2/models/iris/ready").status_code == 200
-    assert httpx.delete(f"{url}/api/deployments/crashy").status_code == 204
+    assert httpx.get(f"{url}/v2/models/iris/ready", headers=AUTH).status_code == 200
+    assert httpx.delete(f"{url}/api/deployments/crashy", headers=AUTH).status_code == 204
 
 
 def test_pickle_refused_without_trusted(live_server: ServerProcess, tmp_path: Path) -> None:
     path = tmp_path / "model.joblib"
     joblib.dump(CrashyClassifier(), path)
     with path.open("rb") as fh:
-        sha = httpx.post(f"{live_server.url}/api/artifacts", content=fh.read()).json()["sha256"]
+        sha = httpx.post(
+            f"{live_server.url}/api/artifacts", content=fh.read(), headers=AUTH
+        ).json()["sha256"]
     resp = httpx.post(
         f"{live_server.url}/api/models/unsafe/versions",
         json={"artifact_sha256": sha, "artifact_name": path.name, "runtime": "sklearn"},
+        headers=AUTH,
     )
     assert resp.status_code == 400
     err = resp.json()["error"]
     assert err["code"] == "unsafe_artifact" and "trusted" in err["message"]
-    assert httpx.get(f"{live_server.url}/api/models/unsafe").status_code == 404
+    assert httpx.get(f"{live_server.url}/api/models/unsafe", headers=AUTH).status_code == 404

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.helpers import iris_rows, metric_value
+from tests.integration.helpers import AUTH, iris_rows, metric_value
 from tests.integration.server_process import ServerProcess
 
 
@@ -14,9 +14,9 @@ def test_metrics_cover_requests_latency_batches_queue_replicas(live_server: Serv
     body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32",
                         "data": rows.ravel().tolist()}]}  # fmt: skip
     before = metric_value(url, "modelport_requests_total", model="iris", status="200")
-    assert httpx.post(f"{url}/v2/models/iris/infer", json=body).status_code == 200
+    assert httpx.post(f"{url}/v2/models/iris/infer", json=body, headers=AUTH).status_code == 200
     assert httpx.post(
-        f"{url}/v1/models/iris:predict", json={"instances": [[1, 2, 3, 4]]}
+        f"{url}/v1/models/iris:predict", json={"instances": [[1, 2, 3, 4]]}, headers=AUTH
     ).is_success
     after = metric_value(url, "modelport_requests_total", model="iris", status="200")
     assert after - before == 2
@@ -27,7 +27,7 @@ def test_metrics_cover_requests_latency_batches_queue_replicas(live_server: Serv
         assert name in text, name
     assert metric_value(url, "modelport_replicas_ready", model="iris") >= 1
     # Unknown model names never become label values (no unbounded cardinality).
-    httpx.post(f"{url}/v2/models/bogus-name/infer", json=body)
+    httpx.post(f"{url}/v2/models/bogus-name/infer", json=body, headers=AUTH)
     assert "bogus-name" not in httpx.get(f"{url}/metrics").text
 
 

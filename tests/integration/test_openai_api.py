@@ -24,7 +24,14 @@ from openai import OpenAI
 from typer.testing import CliRunner
 
 from modelport.cli.main import app as cli_app
-from tests.integration.helpers import deploy, metric_value, push, wait_state
+from tests.integration.helpers import (
+    AUTH,
+    TEST_ADMIN_KEY,
+    deploy,
+    metric_value,
+    push,
+    wait_state,
+)
 from tests.integration.server_process import ServerProcess
 
 GEMMA = "gemma-3-270m"
@@ -45,12 +52,16 @@ def server(live_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def oai(server: ServerProcess) -> Iterator[OpenAI]:
-    with OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
+    with OpenAI(
+        base_url=f"{server.url}/v1", api_key=TEST_ADMIN_KEY, max_retries=0, timeout=120
+    ) as c:
         yield c
 
 
 def _artifact(server: ServerProcess, model: str) -> Path:
-    info = httpx.get(f"{server.url}/api/models/{model}/versions/latest", timeout=10).json()
+    info = httpx.get(
+        f"{server.url}/api/models/{model}/versions/latest", timeout=10, headers=AUTH
+    ).json()
     sha = info["artifact_sha256"]
     return server.data_dir / "artifacts" / "sha256" / sha[:2] / sha
 
@@ -72,7 +83,9 @@ def llama(server: ServerProcess) -> Iterator[Any]:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    options = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10).json()["options"]
+    options = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10, headers=AUTH).json()[
+        "options"
+    ]
     llm = Llama(
         model_path=str(_artifact(server, GEMMA)),
         n_ctx=int(options["n_ctx"]),
@@ -98,7 +111,9 @@ def _usage_event(server: ServerProcess, request_id: str) -> dict[str, Any]:
     """The usage event of one request (waits: a stream's event comes when it closes)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        recent = httpx.get(f"{server.url}/api/usage/recent?limit=1000", timeout=10).json()
+        recent = httpx.get(
+            f"{server.url}/api/usage/recent?limit=1000", timeout=10, headers=AUTH
+        ).json()
         found = [e for e in recent if e["request_id"] == request_id]
         if found:
             assert len(found) == 1, found  # exactly one event per request
@@ -166,7 +181,7 @@ def test_embeddings_equal_sentence_transformers(
 
 
 def _last_request_id(server: ServerProcess, kind: str) -> str:
-    recent = httpx.get(f"{server.url}/api/usage/recent", timeout=10).json()
+    recent = httpx.get(f"{server.url}/api/usage/recent", timeout=10, headers=AUTH).json()
     return str([e for e in recent if e["kind"] == kind][-1]["request_id"])
 
 
@@ -307,7 +322,7 @@ def test_waiting_requests_are_served_in_arrival_order(server: ServerProcess, oai
             _wait_waiting(server.url, GEMMA, i + 1)  # request i joined the line
         holder.close()
         arrival = [f.result() for f in futures]
-    recent = httpx.get(f"{server.url}/api/usage/recent", timeout=10).json()
+    recent = httpx.get(f"{server.url}/api/usage/recent", timeout=10, headers=AUTH).json()
     served = [e["request_id"] for e in recent if e["request_id"] in arrival]
     assert served == arrival  # usage is emitted as each one finishes
 
@@ -345,9 +360,11 @@ def test_a_client_leaving_a_plain_request_stops_generation(server: ServerProcess
     before = _generated(server)
     body = {"model": GEMMA, "prompt": COUNTING, "max_tokens": 1000, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=2.0)
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=2.0, headers=AUTH)
     # The next request gets the replica only once the abandoned one let go of it.
-    follow = httpx.post(f"{server.url}/v1/completions", json={**body, "max_tokens": 2}, timeout=60)
+    follow = httpx.post(
+        f"{server.url}/v1/completions", json={**body, "max_tokens": 2}, timeout=60, headers=AUTH
+    )
     assert follow.status_code == 200
     generated = _generated(server) - before - 2
     assert 0 < generated < 1000  # stopped midway: far from the 1000 tokens asked for
@@ -417,11 +434,11 @@ def test_malformed_bodies_and_unknown_routes_answer_in_openai_shape(server: Serv
     bad = httpx.post(
         f"{server.url}/v1/chat/completions",
         content=b"{not json",
-        headers={"Content-Type": "application/json"},
+        headers={**AUTH, "Content-Type": "application/json"},
     )
     assert bad.status_code == 400
     assert bad.json()["error"]["type"] == "invalid_request_error"
-    missing = httpx.get(f"{server.url}/v1/no-such-route")
+    missing = httpx.get(f"{server.url}/v1/no-such-route", headers=AUTH)
     assert missing.status_code == 404 and set(missing.json()["error"]) == {
         "message",
         "type",
@@ -434,39 +451,44 @@ def test_malformed_bodies_and_unknown_routes_answer_in_openai_shape(server: Serv
 
 
 def test_text_models_answer_through_v2(server: ServerProcess, oai: OpenAI, llama: Any) -> None:
-    meta = httpx.get(f"{server.url}/v2/models/{MINILM}", timeout=10).json()
+    meta = httpx.get(f"{server.url}/v2/models/{MINILM}", timeout=10, headers=AUTH).json()
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
         "embedding": [-1, 384],
         "tokens": [-1],
     }
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": TEXTS[:2]}]}
-    v2 = httpx.post(f"{server.url}/v2/models/{MINILM}/infer", json=body, timeout=60).json()
+    v2 = httpx.post(
+        f"{server.url}/v2/models/{MINILM}/infer", json=body, timeout=60, headers=AUTH
+    ).json()
     outputs = {o["name"]: o for o in v2["outputs"]}
     vectors = np.array(outputs["embedding"]["data"], np.float32).reshape(2, 384)
     sdk = oai.embeddings.create(model=MINILM, input=TEXTS[:2], encoding_format="float")
     assert np.allclose(vectors, np.array([d.embedding for d in sdk.data]), atol=1e-6)
     assert sum(outputs["tokens"]["data"]) == sdk.usage.prompt_tokens
 
-    meta = httpx.get(f"{server.url}/v2/models/{GEMMA}", timeout=10).json()
+    meta = httpx.get(f"{server.url}/v2/models/{GEMMA}", timeout=10, headers=AUTH).json()
     assert (meta["platform"], meta["inputs"][0]["name"]) == ("gguf", "text_input")
     body = {
         "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [PROMPT]}],
         "parameters": {"max_tokens": 7, "temperature": 0},
     }
-    v2 = httpx.post(f"{server.url}/v2/models/{GEMMA}/infer", json=body, timeout=60).json()
+    v2 = httpx.post(
+        f"{server.url}/v2/models/{GEMMA}/infer", json=body, timeout=60, headers=AUTH
+    ).json()
     llama.reset()
     want = llama.create_completion(PROMPT, max_tokens=7, temperature=0)["choices"][0]["text"]
     assert v2["outputs"][0]["data"] == [want]
 
 
 def test_deployment_options_are_kept_and_server_owned_ones_refused(server: ServerProcess) -> None:
-    status = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10).json()
+    status = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10, headers=AUTH).json()
     assert status["options"]["threads"] == 1 and "chat_template" in status["options"]
     refused = httpx.post(
         f"{server.url}/api/deployments",
         json={"model": GEMMA, "options": {"runtime_class": "os:system"}},
         timeout=10,
+        headers=AUTH,
     )
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "options"
@@ -483,7 +505,9 @@ def test_a_pushed_model_folder_serves_embeddings(
     runner = CliRunner()
 
     def cli(*args: str) -> Any:
-        result = runner.invoke(cli_app, ["--url", server.url, *args, "--json"])
+        result = runner.invoke(
+            cli_app, ["--url", server.url, "--api-key", TEST_ADMIN_KEY, *args, "--json"]
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -498,8 +522,8 @@ def test_a_pushed_model_folder_serves_embeddings(
         got = np.array([d.embedding for d in answer.data])
         assert _cosines(got, sentence_model.encode(TEXTS[:2])).min() >= 0.9999
     finally:
-        httpx.delete(f"{server.url}/api/deployments/my-minilm", timeout=60)
-        httpx.delete(f"{server.url}/api/models/my-minilm", timeout=60)
+        httpx.delete(f"{server.url}/api/deployments/my-minilm", timeout=60, headers=AUTH)
+        httpx.delete(f"{server.url}/api/models/my-minilm", timeout=60, headers=AUTH)
 
 
 # -- limits ---------------------------------------------------------------------------------------
@@ -530,16 +554,18 @@ def limits_server(
 def test_queue_and_time_limits(limits_server: ServerProcess) -> None:
     url = limits_server.url
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
-    with OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+    with OpenAI(base_url=f"{url}/v1", api_key=TEST_ADMIN_KEY, max_retries=0) as client:
         stream = client.completions.create(
             model="tiny", prompt=COUNTING, max_tokens=1000, temperature=0, stream=True
         )
         chunks = iter(stream)
         first = next(chunks)  # holds the replica until its 4 s run out
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(httpx.post, f"{url}/v1/completions", json=body, timeout=30)
+            waiting = pool.submit(
+                httpx.post, f"{url}/v1/completions", json=body, timeout=30, headers=AUTH
+            )
             _wait_waiting(url, "tiny", 1)
-            full = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+            full = httpx.post(f"{url}/v1/completions", json=body, timeout=30, headers=AUTH)
             assert full.status_code == 503  # llm_max_queue=1: the line is full
             assert "llm_max_queue" in full.json()["error"]["message"]
             busy = waiting.result()
@@ -556,11 +582,14 @@ def test_queue_and_time_limits(limits_server: ServerProcess) -> None:
     assert (event["streamed"], event["finished"]) == (True, False)
     assert received <= event["completion_tokens"] <= received + 2
 
-    before = len(httpx.get(f"{url}/api/usage/recent", timeout=10).json())
+    before = len(httpx.get(f"{url}/api/usage/recent", timeout=10, headers=AUTH).json())
     plain = httpx.post(
-        f"{url}/v1/completions", json={**body, "prompt": COUNTING, "max_tokens": 1000}, timeout=30
+        f"{url}/v1/completions",
+        json={**body, "prompt": COUNTING, "max_tokens": 1000},
+        timeout=30,
+        headers=AUTH,
     )
     assert plain.status_code == 504
     assert plain.json()["error"]["code"] == "deadline_exceeded"
-    after = httpx.get(f"{url}/api/usage/recent", timeout=10).json()
+    after = httpx.get(f"{url}/api/usage/recent", timeout=10, headers=AUTH).json()
     assert len(after) == before  # a failed request uses nothing

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.helpers import deploy, iris_rows, push, wait_state
+from tests.integration.helpers import AUTH, deploy, iris_rows, push, wait_state
 from tests.integration.server_process import ServerProcess
 
 
@@ -32,7 +32,7 @@ def _infer(url: str, model: str, rows: np.ndarray) -> list[int]:
             }
         ]
     }
-    resp = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+    resp = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30, headers=AUTH)
     assert resp.status_code == 200, resp.text
     return next(o for o in resp.json()["outputs"] if o["name"] == "label")["data"]
 
@@ -63,15 +63,15 @@ def test_state_survives_restart(tmp_path: Path, database_env: dict[str, str]) ->
         deploy(server.url, "tree", version=2, replicas=2, max_batch_size=8)
         rows = iris_rows(5)
         before = _infer(server.url, "tree", rows)
-        models_before = httpx.get(f"{server.url}/api/models/tree").json()
+        models_before = httpx.get(f"{server.url}/api/models/tree", headers=AUTH).json()
     finally:
         server.stop()
 
     server = ServerProcess(data, demo=False, env=database_env).start()
     try:
-        status = httpx.get(f"{server.url}/api/status").json()
+        status = httpx.get(f"{server.url}/api/status", headers=AUTH).json()
         assert status["database"] == ("postgresql" if database_env else "sqlite")
-        detail = httpx.get(f"{server.url}/api/models/tree").json()
+        detail = httpx.get(f"{server.url}/api/models/tree", headers=AUTH).json()
         assert detail == models_before
         assert [v["version"] for v in detail["versions"]] == [1, 2]
         assert detail["aliases"] == {"production": 2}
@@ -95,7 +95,9 @@ def test_corrupted_artifact_refused_at_load(tmp_path: Path) -> None:
         blob.chmod(0o644)
         blob.write_bytes(bytes(raw))
 
-        resp = httpx.post(f"{server.url}/api/deployments", json={"model": "tree"}, timeout=30)
+        resp = httpx.post(
+            f"{server.url}/api/deployments", json={"model": "tree"}, timeout=30, headers=AUTH
+        )
         assert resp.status_code == 201
         status = wait_state(server.url, "tree", "failed", timeout=60)
         assert "corrupt" in status["reason"].lower() or "sha256" in status["reason"].lower()
@@ -104,7 +106,7 @@ def test_corrupted_artifact_refused_at_load(tmp_path: Path) -> None:
                 {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
             ]
         }
-        resp = httpx.post(f"{server.url}/v2/models/tree/infer", json=body, timeout=60)
+        resp = httpx.post(f"{server.url}/v2/models/tree/infer", json=body, timeout=60, headers=AUTH)
         assert resp.status_code == 503
         assert "sha256" in resp.json()["error"] or "corrupt" in resp.json()["error"].lower()
     finally:

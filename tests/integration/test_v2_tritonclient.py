@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tritonclient.http import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.helpers import iris_rows, served_runtime
+from tests.integration.helpers import AUTH, iris_rows, served_runtime
 from tests.integration.server_process import ServerProcess
+
+
+class BearerAuth(InferenceServerClientPlugin):
+    """tritonclient's own way to add headers to every request: here, the API key."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
+
+    def __call__(self, request: Any) -> None:
+        request.headers.update(self.headers)
 
 
 @pytest.fixture(scope="module")
 def client(live_server: ServerProcess) -> triton.InferenceServerClient:
-    return triton.InferenceServerClient(url=live_server.url.removeprefix("http://"))
+    client = triton.InferenceServerClient(url=live_server.url.removeprefix("http://"))
+    client.register_plugin(BearerAuth(AUTH))
+    return client
+
+
+def test_api_key_per_call_or_none(live_server: ServerProcess) -> None:
+    """Without a key only health answers; ``headers=`` on a call authenticates it."""
+    bare = triton.InferenceServerClient(url=live_server.url.removeprefix("http://"))
+    assert bare.is_server_live() and bare.is_server_ready()
+    with pytest.raises(InferenceServerException, match="missing API key"):
+        bare.get_model_metadata("iris")
+    assert bare.get_model_metadata("iris", headers=dict(AUTH))["name"] == "iris"
+    inp = triton.InferInput("input", [1, 4], "FP32")
+    inp.set_data_from_numpy(iris_rows(1))
+    with pytest.raises(InferenceServerException, match="missing API key"):
+        bare.infer("iris", [inp])
+    assert bare.infer("iris", [inp], headers=dict(AUTH)).as_numpy("label").shape == (1,)
 
 
 def test_health_and_server_metadata(client: triton.InferenceServerClient) -> None:

@@ -172,8 +172,11 @@ def test_latency_budget_closes_a_batch_under_a_constant_stream() -> None:
 
     start = run(main())
     first_at, first_rows = dispatched[0]
-    assert 0.03 <= first_at - start < 0.15, first_at - start
-    assert first_rows > 10
+    # Not before the 30 ms budget, and not only at the end of the stream: the budget (not
+    # the stream running dry) closed it. No upper time bound: a loaded CI machine may stall
+    # the loop, which delays the batch but cannot change which rule closed it.
+    assert first_at - start >= 0.03, first_at - start
+    assert 10 < first_rows < sum(rows for _, rows in dispatched)
     assert len(dispatched) >= 2
 
 

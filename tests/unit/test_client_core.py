@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import http.server
 import socket
+import threading
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -12,7 +19,9 @@ import orjson
 import pytest
 
 from modelport import errors
-from modelport.client import Client
+from modelport.client import AsyncClient, Client
+from modelport.client.auth import admin_key_path, resolve_api_key
+from modelport.client.calls import Call
 from modelport.client.core import (
     ClientCore,
     decode_v2_response,
@@ -300,3 +309,174 @@ def test_readiness_states() -> None:
         is_ready(_status(DeploymentState.STOPPED))
     late = not_ready_in_time(_status(DeploymentState.LOADING), 1.5)
     assert "not ready after 1.5s" in late.message and "1/2 replica(s)" in late.message
+
+
+# --- API key pickup -----------------------------------------------------------------------
+
+
+def _env(
+    tmp_path: Path, key_in_env: str | None = None, key_file: str | None = None
+) -> dict[str, str]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    if key_file is not None:
+        (data_dir / "admin.key").write_text(key_file + "\n")
+    env = {"MODELPORT_DATA_DIR": str(data_dir)}
+    if key_in_env is not None:
+        env["MODELPORT_API_KEY"] = key_in_env
+    return env
+
+
+def test_api_key_precedence_explicit_then_env_then_file(tmp_path: Path) -> None:
+    env = _env(tmp_path, key_in_env="mp-env", key_file="mp-file")
+    assert resolve_api_key("mp-explicit", env) == "mp-explicit"
+    assert resolve_api_key(None, env) == "mp-env"
+    assert resolve_api_key(None, {**env, "MODELPORT_API_KEY": ""}) == "mp-file"
+    assert resolve_api_key(None, _env(tmp_path, key_file="mp-file")) == "mp-file"
+    assert resolve_api_key("", env) is None  # explicitly none
+    # No file: no key (the server's 401 explains), also for an unreadable path.
+    assert resolve_api_key(None, {"MODELPORT_DATA_DIR": str(tmp_path / "nowhere")}) is None
+    assert (
+        resolve_api_key(None, {"MODELPORT_DATA_DIR": str(tmp_path / "data" / "admin.key")}) is None
+    )
+
+
+def test_admin_key_file_defaults_to_dot_modelport() -> None:
+    assert admin_key_path({}) == Path(".modelport") / "admin.key"
+    assert admin_key_path({"MODELPORT_DATA_DIR": "/srv/mp"}) == Path("/srv/mp/admin.key")
+
+
+class _HeaderRecorder(http.server.BaseHTTPRequestHandler):
+    """A real HTTP server that answers every GET with an empty model list, noting headers."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.headers.get("Authorization"))
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _HeaderRecorder.seen = []
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_clients_send_the_picked_up_key_as_bearer(
+    recorder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _env(tmp_path, key_file="mp-fromfile_secret")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MODELPORT_API_KEY", raising=False)
+    with Client(recorder, timeout=5) as client:
+        client.list_models()
+    monkeypatch.setenv("MODELPORT_API_KEY", "mp-fromenv_secret")
+
+    async def use_async() -> None:
+        async with AsyncClient(recorder, timeout=5) as client:
+            await client.list_models()
+
+    asyncio.run(use_async())
+    with Client(recorder, api_key="mp-given_secret", timeout=5) as client:
+        client.list_models()
+    with Client(recorder, api_key="", timeout=5) as client:
+        client.list_models()
+    assert _HeaderRecorder.seen == [
+        "Bearer mp-fromfile_secret",
+        "Bearer mp-fromenv_secret",
+        "Bearer mp-given_secret",
+        None,
+    ]
+
+
+# --- accounts and billing calls -----------------------------------------------------------
+
+
+def _body(call: Call[Any]) -> Any:
+    assert call.request.content is not None
+    return orjson.loads(call.request.content)
+
+
+def test_account_calls_send_only_given_fields_and_money_as_strings(core: ClientCore) -> None:
+    call = core.create_tenant("acme", rpm=600, monthly_budget=Decimal("50.10"))
+    assert (call.request.method, call.request.path) == ("POST", "/api/tenants")
+    assert _body(call) == {"name": "acme", "rpm": 600, "monthly_budget": "50.10"}
+    assert _body(core.update_tenant("acme", monthly_budget="7")) == {"monthly_budget": "7"}
+    key = core.create_key(
+        "ci-bot", ["inference"], tenant="acme", monthly_budget="0.5", expires_at=date(2027, 1, 1)
+    )
+    assert _body(key) == {
+        "tenant": "acme",
+        "name": "ci-bot",
+        "scopes": ["inference"],
+        "monthly_budget": "0.5",
+        "expires_at": "2027-01-01T00:00:00Z",
+    }
+    assert core.list_keys("acme").request.params == {"tenant": "acme"}
+    assert core.list_keys().request.params == {}
+    assert core.revoke_key("0123abcd").request.method == "DELETE"
+    assert core.list_users("a b").request.path == "/api/tenants/a%20b/users"
+    audit = core.audit(since=date(2026, 11, 1), limit=5).request
+    assert audit.params == {"since": "2026-11-01", "limit": "5"}
+    share = core.set_visibility("iris", "shared", ["acme"])
+    assert _body(share) == {"visibility": "shared", "tenants": ["acme"]}
+
+
+def test_account_calls_refuse_bad_values_before_sending(core: ClientCore) -> None:
+    with pytest.raises(errors.InvalidInput, match="monthly_budget"):
+        core.create_tenant("acme", monthly_budget="lots")
+    with pytest.raises(errors.InvalidInput, match="role"):
+        core.create_user("acme", "ann", "emperor")
+    with pytest.raises(errors.InvalidInput, match="scopes"):
+        core.create_key("bot", [])
+    with pytest.raises(errors.InvalidInput, match="visibility"):
+        core.set_visibility("iris", "everyone")
+
+
+def test_billing_calls(core: ClientCore) -> None:
+    price = core.set_price("gemma-3-270m", per_1k_input_tokens=Decimal("0.0002"))
+    assert (price.request.method, price.request.path) == ("PUT", "/api/prices/gemma-3-270m")
+    assert _body(price) == {"per_1k_input_tokens": "0.0002"}
+    usage = core.usage(tenant="acme", since="2026-11-01", group_by=["day", "model"]).request
+    assert usage.params == {"tenant": "acme", "since": "2026-11-01", "group_by": "day,model"}
+    with pytest.raises(errors.InvalidInput, match="cannot group usage by week"):
+        core.usage(group_by=["week"])
+    csv_call = core.invoice_csv("acme", "2026-11")
+    assert csv_call.request.path == "/api/invoices/acme/2026-11"
+    assert csv_call.request.params == {"format": "csv"}
+    assert csv_call.handle(200, b"model,unit\r\n") == "model,unit\r\n"
+    with pytest.raises(errors.InvalidInput, match="YYYY-MM"):
+        core.invoice("acme", "2026-13")
+    report = core.usage().handle(
+        200,
+        b'{"groups": [], "total": {"requests": 2, "cost": "0.0000000002"}, "budget": null}',
+    )
+    assert report.total.cost == Decimal("0.0000000002")  # exact, not a float
+
+
+def test_auth_errors_map_to_their_classes(core: ClientCore) -> None:
+    body = b'{"error": {"code": "unauthenticated", "message": "invalid API key"}}'
+    with pytest.raises(errors.Unauthenticated, match="invalid API key"):
+        core.whoami().handle(401, body)
+    with pytest.raises(errors.PermissionDenied):
+        core.list_tenants().handle(403, b'{"error": {"code": "permission_denied", "message": "m"}}')
+    quota = b'{"error": {"code": "insufficient_quota", "message": "budget spent"}}'
+    with pytest.raises(errors.QuotaExceeded):
+        core.usage().handle(429, quota)

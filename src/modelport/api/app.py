@@ -20,11 +20,17 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from modelport import __version__
+from modelport.api.admin import accounts as admin_accounts
+from modelport.api.admin import audit as admin_audit
+from modelport.api.admin import billing as admin_billing
 from modelport.api.admin import deployments as admin_deployments
 from modelport.api.admin import models as admin_models
 from modelport.api.admin import usage as admin_usage
+from modelport.api.auth import AuthMiddleware
 from modelport.api.errors import install_error_handlers
 from modelport.api.fastpath import InferenceFastPath
+from modelport.api.limits import LimitsMiddleware
+from modelport.api.metering import MeteringMiddleware
 from modelport.api.openai import router as openai_router
 from modelport.api.v1 import routes as v1
 from modelport.api.v2 import routes as v2
@@ -57,6 +63,12 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.database.migrate)
+        await run_in_threadpool(services.accounts.ensure_admin_key, services.settings)
+        await run_in_threadpool(services.accounts.load)
+        await services.accounts.start()
+        # Before serving: bill what a crash left in the usage journal, load prices and
+        # month-to-date spend, start the usage writer.
+        await run_in_threadpool(services.meter.start)
         await services.deployments.restore()
         installing = None
         if services.settings.demo_models:
@@ -75,6 +87,8 @@ def create_app(services: Services) -> FastAPI:
                 await asyncio.gather(installing, return_exceptions=True)
             app.state.ready = False
             await services.deployments.shutdown()
+            await run_in_threadpool(services.meter.stop)  # commits every journaled record
+            await services.accounts.stop()
             services.close()
 
     app = FastAPI(
@@ -91,6 +105,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin_models.router)
     app.include_router(admin_deployments.router)
     app.include_router(admin_usage.router)
+    app.include_router(admin_accounts.router)
+    app.include_router(admin_audit.router)
+    app.include_router(admin_billing.router)
     app.include_router(openai_router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -102,4 +119,17 @@ def create_app(services: Services) -> FastAPI:
 
 def create_asgi_app(services: Services) -> ASGIApp:
     """What the server runs: the app behind the inference fast path (``api/fastpath.py``)."""
-    return InferenceFastPath(create_app(services))
+    api = create_app(services)
+    app: ASGIApp = InferenceFastPath(api)
+    if not services.settings.auth:
+        log.warning("auth is off (MODELPORT_AUTH=false): no keys, no limits, no metering")
+        return app
+    if services.settings.metering:
+        app = MeteringMiddleware(app, services.meter)
+    # Outermost first: Auth(Limits(Metering(fast path))). Metering (H2) goes inside limits,
+    # auth (H1) outside: limits read the caller that auth puts in ``CURRENT``.
+    if services.settings.rate_limits:
+        app = LimitsMiddleware(app, services.limits, services.settings.max_request_bytes)
+    # Auth stays outermost (add new middlewares above this line, inside it): every layer
+    # inside reads the caller it puts in ``CURRENT``; the schema names refused audit actions.
+    return AuthMiddleware(app, services, api.openapi)

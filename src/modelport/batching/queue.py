@@ -18,12 +18,17 @@ A request larger than ``max_batch_size`` goes alone (never split). Several batch
 flight at once, one per lease; a failed batch fails every caller in it. Per request the hot
 path costs one future and a deque append: no task, and no copy when a batch holds a single
 request.
+
+``submit_timed`` also tells the caller its share of the model time of the batch that served
+it (the batch's ``replica.predict`` wall time split by rows), which metering bills as
+``compute_ms``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from contextlib import AbstractAsyncContextManager
@@ -40,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 class _Request:
-    __slots__ = ("arrived", "future", "inputs", "params", "rows", "seq")
+    __slots__ = ("arrived", "compute_ms", "future", "inputs", "params", "rows", "seq")
 
     def __init__(
         self,
@@ -57,6 +62,7 @@ class _Request:
         self.rows = rows
         self.arrived = arrived
         self.seq = seq
+        self.compute_ms = 0.0  # this request's share of its batch's model time
 
 
 class _Group:
@@ -112,6 +118,15 @@ class AdaptiveBatcher:
 
     async def submit(self, inputs: Tensors, params: dict[str, Any]) -> Tensors:
         """Queue one request and wait for its rows of the outputs."""
+        return await self._enqueue(inputs, params).future
+
+    async def submit_timed(self, inputs: Tensors, params: dict[str, Any]) -> tuple[Tensors, float]:
+        """``submit``, plus the request's share (by rows) of its batch's model time in ms."""
+        request = self._enqueue(inputs, params)
+        outputs = await request.future
+        return outputs, request.compute_ms
+
+    def _enqueue(self, inputs: Tensors, params: dict[str, Any]) -> _Request:
         if self._closed:
             raise Unavailable(f"deployment {self._name!r} is shutting down")
         rows = _rows(inputs)
@@ -131,7 +146,7 @@ class AdaptiveBatcher:
             self._wakeup.set_result(None)
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = loop.create_task(self._dispatch(), name=f"batcher-{self._name}")
-        return await future
+        return request
 
     async def close(self) -> None:
         """Fail queued requests with ``Unavailable``; batches already sent finish normally."""
@@ -207,10 +222,14 @@ class AdaptiveBatcher:
                     inputs, rows = _concat(batch), sum(r.rows for r in batch)
                 if self._on_batch is not None:
                     self._on_batch(rows)
+                started = time.perf_counter()
                 async with asyncio.timeout(self._call_timeout):
                     outputs = await replica.predict(inputs, batch[0].params)
+                per_row_ms = (time.perf_counter() - started) * 1000.0 / rows
             finally:
                 await lease.__aexit__(None, None, None)  # free the slot before fanning out
+            for request in batch:
+                request.compute_ms = per_row_ms * request.rows
             if len(batch) == 1:
                 _resolve(batch[0].future, outputs)
             else:

@@ -1,7 +1,8 @@
 """The ``modelport`` command line: a Typer app over the Python client.
 
-Commands live in ``main`` (global options, predict, status, serve), ``models`` and
-``deployments``; they share the small helpers below. The CLI reaches the server only through
+Commands live in ``main`` (global options, predict, status, serve), ``models``,
+``deployments``, ``accounts`` (tenants, users, keys, whoami, audit) and ``billing`` (prices,
+usage, invoices); they share the small helpers below. The CLI reaches the server only through
 ``modelport.client``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ class CliState:
     api_key: str | None = None
 
     def connect(self) -> Client:
+        # No --api-key and no MODELPORT_API_KEY: the client falls back to the admin key file.
         return Client(self.url, api_key=self.api_key)
 
 
@@ -54,3 +57,21 @@ def load_json_arg(value: str, what: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def decimal_arg(value: str | None, what: str) -> Decimal | None:
+    """A money option as an exact ``Decimal`` (never a float); ``None`` when not given."""
+    if value is None:
+        return None
+    try:
+        number = Decimal(value.strip())
+    except InvalidOperation:
+        raise InvalidInput(f"{what} must be a decimal number, got {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise InvalidInput(f"{what} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def csv_arg(value: str | None) -> list[str]:
+    """A comma-separated option (``--scopes inference,deploy``) as a list, blanks dropped."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]

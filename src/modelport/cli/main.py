@@ -1,7 +1,10 @@
 """The ``modelport`` Typer app: global options, ``predict``, ``status`` and ``serve``.
 
-Registry commands live in ``cli.models``, deployment commands in ``cli.deployments``. Every
-command but ``serve`` is a client of a running server (``--url``, env ``MODELPORT_URL``).
+Registry commands live in ``cli.models``, deployment commands in ``cli.deployments``,
+tenants, users, keys, ``whoami`` and ``audit`` in ``cli.accounts``, prices, ``usage`` and
+invoices in ``cli.billing``. Every command but ``serve`` is a client of a running server
+(``--url``, env ``MODELPORT_URL``; the key: ``--api-key``, env ``MODELPORT_API_KEY``, or
+the admin key file ``<data dir>/admin.key``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from modelport.cli import CliState, connect, deployments, load_json_arg, models, output
+from modelport.cli import (
+    CliState,
+    accounts,
+    billing,
+    connect,
+    deployments,
+    load_json_arg,
+    models,
+    output,
+)
 from modelport.client import DEFAULT_URL
 from modelport.errors import InvalidInput
 from modelport.settings import Settings
@@ -29,6 +41,14 @@ app.command("deploy")(deployments.deploy)
 app.command("undeploy")(deployments.undeploy)
 app.command("scale")(deployments.scale)
 app.command("deployments")(deployments.deployments)
+app.add_typer(accounts.tenants_app, name="tenants")
+app.add_typer(accounts.users_app, name="users")
+app.add_typer(accounts.keys_app, name="keys")
+app.command("whoami")(accounts.whoami)
+app.command("audit")(accounts.audit)
+app.add_typer(billing.prices_app, name="prices")
+app.command("usage")(billing.usage)
+app.add_typer(billing.invoices_app, name="invoices")
 
 
 class LogLevel(StrEnum):
@@ -52,7 +72,11 @@ def main(
     ] = DEFAULT_URL,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="MODELPORT_API_KEY", help="API key.", show_default=False),
+        typer.Option(
+            envvar="MODELPORT_API_KEY",
+            help="API key (else env MODELPORT_API_KEY, else <data dir>/admin.key).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Manage and query a modelport server."""

@@ -15,6 +15,7 @@ import anyio
 import httpx
 import numpy as np
 
+from modelport.client.auth import resolve_api_key
 from modelport.client.core import (
     DEFAULT_URL,
     Call,
@@ -25,6 +26,7 @@ from modelport.client.core import (
 )
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
+from modelport.client.tenancy_async import AsyncTenancyMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
     ArtifactInfo,
@@ -41,8 +43,12 @@ T = TypeVar("T")
 _DONE = b""
 
 
-class AsyncClient:
-    """An asyncio connection to a modelport server; ``async with`` it or ``await aclose()``."""
+class AsyncClient(AsyncTenancyMixin):
+    """An asyncio connection to a modelport server; ``async with`` it or ``await aclose()``.
+
+    The API key is found as in ``Client``; tenancy and billing methods come from
+    ``AsyncTenancyMixin``.
+    """
 
     def __init__(
         self,
@@ -50,7 +56,7 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self._core = ClientCore(base_url, api_key)
+        self._core = ClientCore(base_url, resolve_api_key(api_key))
         self._http = httpx.AsyncClient(
             base_url=self._core.base_url, headers=self._core.headers, timeout=timeout
         )

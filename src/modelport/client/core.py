@@ -4,9 +4,10 @@ Everything that does not depend on *how* bytes travel lives here: building each 
 (method, path, query, body, headers), turning response bodies into the wire models of
 ``modelport.types.admin``, rebuilding server errors as the very ``modelport.errors`` classes
 the server raised, and the V2 tensor encoding. ``Client`` and ``AsyncClient`` only send a
-``Call`` and hand the status and body back to it, so the two cannot drift apart. Reading
-artifact files for upload lives in ``client.files``; reading responses (wire models and
-errors) in ``client.responses``.
+``Call`` and hand the status and body back to it, so the two cannot drift apart. ``Call``
+and the request helpers live in ``client.calls``; the accounts and billing calls in the
+mixins ``client.accounts`` and ``client.billing``; reading artifact files for upload in
+``client.files``; reading responses (wire models and errors) in ``client.responses``.
 
 An operation is a ``Call[T]``: a ``Request`` plus the parser that turns a 2xx body into
 ``T``. Non-2xx bodies become exceptions in ``Call.handle``.
@@ -14,26 +15,27 @@ An operation is a ``Call[T]``: a ``Request`` plus the parser that turns a 2xx bo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
-from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from modelport import errors
-from modelport.client.files import ArtifactFile
-from modelport.client.responses import (
-    ERROR_CODE_HEADER,
-    error_from_response,
-    parse_json,
-    parse_list,
-    parse_model,
-    parse_nothing,
+from modelport.client.accounts import AccountCalls
+from modelport.client.billing import BillingCalls
+from modelport.client.calls import (
+    Call,
+    Request,
+    json_call,
+    json_headers,
+    path_segment,
+    validated_body,
 )
+from modelport.client.files import ArtifactFile
+from modelport.client.responses import parse_json, parse_list, parse_model, parse_nothing
 from modelport.codecs.dtypes import to_numpy_dtype, to_v2_datatype
 from modelport.types.admin import (
     ArtifactInfo,
@@ -50,37 +52,10 @@ from modelport.types.admin import (
     VersionInfo,
 )
 
-T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
+__all__ = ["DEFAULT_URL", "Call", "ClientCore", "Request"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One HTTP request, relative to the client's base URL."""
-
-    method: str
-    path: str
-    params: dict[str, str] = field(default_factory=dict)
-    content: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Call(Generic[T]):
-    """A request and the parser of its successful response body."""
-
-    request: Request
-    parse: Callable[[bytes], T]
-
-    def handle(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> T:
-        """The parsed result of a 2xx response; any other status raises its error."""
-        if not 200 <= status < 300:
-            code = headers.get(ERROR_CODE_HEADER) if headers is not None else None
-            raise error_from_response(status, body, code)
-        return self.parse(body)
 
 
 # --- V2 tensors ---------------------------------------------------------------------------
@@ -137,11 +112,6 @@ def _dumps(body: Any) -> bytes:
         raise errors.InvalidInput(f"request body is not JSON-serializable: {exc}") from None
 
 
-def _seg(value: str | int) -> str:
-    """One URL path segment; names are validated by the server, quoting keeps them whole."""
-    return quote(str(value), safe="")
-
-
 # --- readiness ----------------------------------------------------------------------------
 
 
@@ -184,8 +154,12 @@ def poll_delays(first: float = 0.05, most: float = 0.5) -> Iterator[float]:
 # --- the core -----------------------------------------------------------------------------
 
 
-class ClientCore:
-    """Builds every request of the modelport HTTP API; holds no connection."""
+class ClientCore(AccountCalls, BillingCalls):
+    """Builds every request of the modelport HTTP API; holds no connection.
+
+    Registry, deployment and inference calls are here; accounts (tenants, users, keys,
+    audit) come from ``AccountCalls``, prices, usage and invoices from ``BillingCalls``.
+    """
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -237,32 +211,32 @@ class ClientCore:
             )
         except ValidationError as exc:
             raise errors.InvalidInput(f"invalid model version: {exc}") from None
-        return self._json("POST", f"/api/models/{_seg(name)}/versions", body, VersionInfo)
+        return json_call("POST", f"/api/models/{path_segment(name)}/versions", body, VersionInfo)
 
     def list_models(self) -> Call[list[ModelInfo]]:
         return Call(Request("GET", "/api/models"), parse_list(ModelInfo))
 
     def get_model(self, name: str) -> Call[ModelDetail]:
-        return Call(Request("GET", f"/api/models/{_seg(name)}"), parse_model(ModelDetail))
+        return Call(Request("GET", f"/api/models/{path_segment(name)}"), parse_model(ModelDetail))
 
     def delete_model(self, name: str) -> Call[None]:
-        return Call(Request("DELETE", f"/api/models/{_seg(name)}"), parse_nothing)
+        return Call(Request("DELETE", f"/api/models/{path_segment(name)}"), parse_nothing)
 
     def get_version(self, name: str, ref: int | str = "latest") -> Call[VersionInfo]:
-        path = f"/api/models/{_seg(name)}/versions/{_seg(ref)}"
+        path = f"/api/models/{path_segment(name)}/versions/{path_segment(ref)}"
         return Call(Request("GET", path), parse_model(VersionInfo))
 
     def delete_version(self, name: str, version: int) -> Call[None]:
-        path = f"/api/models/{_seg(name)}/versions/{_seg(version)}"
+        path = f"/api/models/{path_segment(name)}/versions/{path_segment(version)}"
         return Call(Request("DELETE", path), parse_nothing)
 
     def set_alias(self, name: str, alias: str, version: int) -> Call[VersionInfo]:
-        body = _validated(SetAlias, {"version": version})
-        path = f"/api/models/{_seg(name)}/aliases/{_seg(alias)}"
-        return self._json("PUT", path, body, VersionInfo)
+        body = validated_body(SetAlias, {"version": version})
+        path = f"/api/models/{path_segment(name)}/aliases/{path_segment(alias)}"
+        return json_call("PUT", path, body, VersionInfo)
 
     def delete_alias(self, name: str, alias: str) -> Call[None]:
-        path = f"/api/models/{_seg(name)}/aliases/{_seg(alias)}"
+        path = f"/api/models/{path_segment(name)}/aliases/{path_segment(alias)}"
         return Call(Request("DELETE", path), parse_nothing)
 
     # deployments
@@ -279,7 +253,7 @@ class ClientCore:
         options: Mapping[str, Any] | None = None,
     ) -> Call[DeploymentStatus]:
         """``POST /api/deployments``; bad values fail here, before any request."""
-        spec = _validated(
+        spec = validated_body(
             DeploySpec,
             {
                 "model": model,
@@ -293,20 +267,20 @@ class ClientCore:
         )
         # No options: send none, as clients did before options existed.
         exclude = None if spec.options else {"options"}
-        return self._json("POST", "/api/deployments", spec, DeploymentStatus, exclude)
+        return json_call("POST", "/api/deployments", spec, DeploymentStatus, exclude=exclude)
 
     def scale(self, name: str, replicas: int) -> Call[DeploymentStatus]:
-        body = _validated(ScaleSpec, {"replicas": replicas})
-        return self._json("PATCH", f"/api/deployments/{_seg(name)}", body, DeploymentStatus)
+        body = validated_body(ScaleSpec, {"replicas": replicas})
+        return json_call("PATCH", f"/api/deployments/{path_segment(name)}", body, DeploymentStatus)
 
     def undeploy(self, name: str) -> Call[None]:
-        return Call(Request("DELETE", f"/api/deployments/{_seg(name)}"), parse_nothing)
+        return Call(Request("DELETE", f"/api/deployments/{path_segment(name)}"), parse_nothing)
 
     def deployments(self) -> Call[list[DeploymentStatus]]:
         return Call(Request("GET", "/api/deployments"), parse_list(DeploymentStatus))
 
     def deployment(self, name: str) -> Call[DeploymentStatus]:
-        path = f"/api/deployments/{_seg(name)}"
+        path = f"/api/deployments/{path_segment(name)}"
         return Call(Request("GET", path), parse_model(DeploymentStatus))
 
     def status(self) -> Call[ServerStatus]:
@@ -324,49 +298,23 @@ class ClientCore:
         """``POST /v1/models/{name}[/versions/{v}]:predict`` with ``{"instances": [...]}``."""
         if isinstance(instances, str | bytes) or not isinstance(instances, Sequence | np.ndarray):
             raise errors.InvalidInput("instances must be a list", param="instances")
-        path = f"/v1/models/{_seg(name)}"
+        path = f"/v1/models/{path_segment(name)}"
         if version is not None:
-            path += f"/versions/{_seg(version)}"
+            path += f"/versions/{path_segment(version)}"
         content = _dumps({"instances": instances})
-        request = Request("POST", f"{path}:predict", content=content, headers=_json_headers())
+        request = Request("POST", f"{path}:predict", content=content, headers=json_headers())
         return Call(request, _parse_predictions)
 
     def infer(
         self, name: str, inputs: Mapping[str, Any], version: int | str | None = None
     ) -> Call[dict[str, np.ndarray]]:
         """``POST /v2/models/{name}[/versions/{v}]/infer`` with V2 JSON tensors."""
-        path = f"/v2/models/{_seg(name)}"
+        path = f"/v2/models/{path_segment(name)}"
         if version is not None:
-            path += f"/versions/{_seg(version)}"
+            path += f"/versions/{path_segment(version)}"
         content = _dumps(encode_v2_request(inputs))
-        request = Request("POST", f"{path}/infer", content=content, headers=_json_headers())
+        request = Request("POST", f"{path}/infer", content=content, headers=json_headers())
         return Call(request, lambda body: decode_v2_response(parse_json(body)))
-
-    def _json(
-        self,
-        method: str,
-        path: str,
-        body: BaseModel,
-        model: type[M],
-        exclude: set[str] | None = None,
-    ) -> Call[M]:
-        content = body.model_dump_json(exclude_none=True, exclude=exclude).encode()
-        request = Request(method, path, content=content, headers=_json_headers())
-        return Call(request, parse_model(model))
-
-
-def _json_headers() -> dict[str, str]:
-    return {"Content-Type": _JSON}
-
-
-def _validated(model: type[M], values: dict[str, Any]) -> M:
-    """Build a request body, turning pydantic's complaint into an ``InvalidInput``."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise errors.InvalidInput(f"invalid {where}: {first['msg']}", param=where) from None
 
 
 def _parse_predictions(body: bytes) -> list[Any]:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
+from modelport.client.auth import resolve_api_key
 from modelport.client.core import (
     DEFAULT_URL,
     Call,
@@ -25,6 +26,7 @@ from modelport.client.core import (
 )
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
+from modelport.client.tenancy_sync import TenancyMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
     ArtifactInfo,
@@ -39,12 +41,16 @@ from modelport.types.admin import (
 T = TypeVar("T")
 
 
-class Client:
+class Client(TenancyMixin):
     """A connection to a modelport server; use it as a context manager or ``close()`` it.
 
     Every error the server reports is raised as the same ``modelport.errors`` class the
-    server raised (``ModelNotFound``, ``ShapeMismatch``...); an unreachable server raises
-    ``Unavailable`` and a timeout ``DeadlineExceeded``.
+    server raised (``ModelNotFound``, ``ShapeMismatch``, ``Unauthenticated``...); an
+    unreachable server raises ``Unavailable`` and a timeout ``DeadlineExceeded``.
+
+    The API key, sent as ``Authorization: Bearer``, is ``api_key`` when given (``""`` sends
+    none), else ``MODELPORT_API_KEY``, else the file ``<data_dir>/admin.key``
+    (``client.auth``). Tenancy and billing methods come from ``TenancyMixin``.
     """
 
     def __init__(
@@ -53,7 +59,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self._core = ClientCore(base_url, api_key)
+        self._core = ClientCore(base_url, resolve_api_key(api_key))
         self._http = httpx.Client(
             base_url=self._core.base_url, headers=self._core.headers, timeout=timeout
         )

@@ -3,16 +3,23 @@
 V2 and V1 routes (and later OpenAI routes) call this; it knows no HTTP. Inputs are checked
 against the version's signature *before* batching, so one caller's bad tensor can never fail
 a batch shared with others.
+
+Metering: ``infer`` adds the request's share of its batch's model time to the request
+context, and the routes call ``answered`` once their response is encoded, which emits the
+request's one ``UsageEvent`` (a request that failed emits none).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from modelport.engine.deployments import Deployment, DeploymentManager
+from modelport.engine.principal import CURRENT
+from modelport.engine.usage import UsageEvent, UsageHub, add_compute_ms, take_compute_ms
 from modelport.errors import VersionNotFound
 from modelport.runtimes.base import Tensors, validate_inputs
 
@@ -20,8 +27,9 @@ from modelport.runtimes.base import Tensors, validate_inputs
 class InferenceService:
     """Run inference requests against live deployments."""
 
-    def __init__(self, deployments: DeploymentManager) -> None:
+    def __init__(self, deployments: DeploymentManager, usage: UsageHub | None = None) -> None:
         self._deployments = deployments
+        self._usage = usage
 
     def resolve(self, model: str, version: str | None = None) -> Deployment:
         """The deployment answering for ``model`` (and ``version``, when given)."""
@@ -46,4 +54,28 @@ class InferenceService:
         checked = validate_inputs(live.version.signature, inputs, cast=cast)
         # The batcher checks the rows (axis 0) agree and are not empty; deadlines are kept
         # per batch there too (one timer per batch, not per request).
-        return await live.batcher.submit(checked, params or {})
+        outputs, compute_ms = await live.batcher.submit_timed(checked, params or {})
+        add_compute_ms(compute_ms)
+        return outputs
+
+    def answered(self, live: Deployment, inputs: Mapping[str, np.ndarray]) -> None:
+        """Emit the usage event of one answered V2/V1 request (call once it is encoded)."""
+        if self._usage is None:
+            return
+        context = CURRENT.get()
+        request_id = context.request_id if context is not None else ""
+        first = next(iter(inputs.values()), None)
+        rows = int(first.shape[0]) if first is not None and first.ndim else 0
+        self._usage.emit(
+            UsageEvent(
+                request_id or uuid.uuid4().hex,
+                live.record.name,
+                live.record.version,
+                "inference",
+                0,
+                0,
+                0,
+                rows=rows,
+                compute_ms=take_compute_ms(),
+            )
+        )

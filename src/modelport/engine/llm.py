@@ -34,7 +34,7 @@ from modelport.backends.base import Backend, Replica
 from modelport.engine.deployments import Deployment, DeploymentManager
 from modelport.engine.inference import InferenceService
 from modelport.engine.llm_generation import Generation, Target
-from modelport.engine.usage import UsageEvent, UsageHub, UsageKind
+from modelport.engine.usage import UsageEvent, UsageHub, UsageKind, take_compute_ms
 from modelport.errors import InvalidInput, ModelportError, Unavailable
 from modelport.observability.metrics import Metrics
 from modelport.runtimes.text import (
@@ -216,7 +216,7 @@ class LLMService:
                 f"model {model!r} returned embeddings of shape {list(vectors.shape)} for "
                 f"{len(rows)} inputs"
             )
-        self._emit(request_id, live, "embedding", tokens)
+        self._emit(request_id, live, "embedding", tokens, len(rows))
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
     # -- generation ---------------------------------------------------------------------------
@@ -297,7 +297,9 @@ class LLMService:
         assert replica is not None  # the lock and the lease were both entered
         return lease, replica
 
-    def _emit(self, request_id: str, live: Deployment, kind: UsageKind, prompt: int) -> None:
+    def _emit(
+        self, request_id: str, live: Deployment, kind: UsageKind, prompt: int, rows: int
+    ) -> None:
         self._usage.emit(
             UsageEvent(
                 request_id=request_id,
@@ -307,6 +309,8 @@ class LLMService:
                 prompt_tokens=prompt,
                 completion_tokens=0,
                 total_tokens=prompt,
+                rows=rows,
+                compute_ms=take_compute_ms(),  # the batches' model time (engine.inference)
             )
         )
 

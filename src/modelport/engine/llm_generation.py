@@ -11,6 +11,12 @@ Token accounting follows the contract of ``engine.usage``: a choice that ran to 
 counts the runtime's ``completion_tokens``; a choice cut short counts the deltas the
 consumer took *and came back for*. A streaming consumer asks for the next event only once
 it has sent the previous one, so a delta whose send was interrupted is not counted.
+
+A streamed generation also registers ``snapshot`` with the request context: the usage so
+far *including the delta being sent*, which metering journals before each chunk goes out,
+so a server killed mid-stream still bills every chunk whose send had started. Compute time
+is the time the generation held its replica; all its events carry the start time, so one
+price applies to the whole stream.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from numbers import Integral
 from typing import Any, Literal
 
 from modelport.backends.base import Replica
-from modelport.engine.usage import UsageEvent, UsageHub, UsageKind
+from modelport.engine.usage import UsageEvent, UsageHub, UsageKind, set_stream_snapshot
 from modelport.errors import DeadlineExceeded, ModelportError
 from modelport.runtimes.text import GenerationRequest
 
@@ -104,6 +111,10 @@ class Generation:
         self._stream: AsyncIterator[Any] | None = None
         self._done_tokens = 0  # completion tokens of the choices that ended
         self._taken = 0  # delta tokens of the current choice the consumer took and came back
+        self._sending = 0  # tokens of the delta the consumer holds now (being sent)
+        self._started_at = datetime.now(UTC)
+        self._started = time.perf_counter()
+        self._compute_ms: float | None = None  # set when the replica is released
         self._answered = False
         self._finished = False
         self._closed = False
@@ -123,6 +134,8 @@ class Generation:
         be chosen."""
         await self._start(0)
         self._answered = True
+        if self.target.streamed:
+            set_stream_snapshot(self.snapshot)
 
     async def events(self) -> AsyncGenerator[GenerationEvent, None]:
         """The deltas and finishes of every choice, in order; closing it closes the request."""
@@ -134,7 +147,9 @@ class Generation:
                 if kind == "delta":
                     tokens = self._count(item, "tokens")
                     self._on_tokens(tokens)
+                    self._sending = tokens
                     yield Delta(index, str(item.get("text", "")), tokens)
+                    self._sending = 0
                     self._taken += tokens  # the consumer came back: the delta went out
                 elif kind == "end":
                     reason: FinishReason = (
@@ -179,9 +194,11 @@ class Generation:
         try:
             await self._close_stream()
         finally:
+            self._sending = 0
             release, self._release = self._release, None
             if release is not None:
                 await release()
+                self._compute_ms = (time.perf_counter() - self._started) * 1000.0
             if self._finished or (self.target.streamed and self._answered):
                 self._emit()
 
@@ -242,22 +259,32 @@ class Generation:
         if stream is not None:
             await _close(stream)
 
-    def _emit(self) -> None:
+    def snapshot(self) -> UsageEvent:
+        """The usage so far, counting the delta being sent (see the module docstring)."""
+        return self._event(self.completion_tokens + self._sending)
+
+    def _event(self, completion: int) -> UsageEvent:
         target = self.target
-        completion = self.completion_tokens
-        self._hub.emit(
-            UsageEvent(
-                request_id=target.request_id,
-                model=target.model,
-                version=target.version,
-                kind=target.kind,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion,
-                total_tokens=self.prompt_tokens + completion,
-                streamed=target.streamed,
-                finished=self._finished,
-            )
+        compute_ms = self._compute_ms
+        if compute_ms is None:  # still holding the replica
+            compute_ms = (time.perf_counter() - self._started) * 1000.0
+        return UsageEvent(
+            request_id=target.request_id,
+            model=target.model,
+            version=target.version,
+            kind=target.kind,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+            streamed=target.streamed,
+            finished=self._finished,
+            created=self._started_at,
+            rows=self.choices,
+            compute_ms=compute_ms,
         )
+
+    def _emit(self) -> None:
+        self._hub.emit(self._event(self.completion_tokens))
 
 
 async def _close(stream: AsyncIterator[Any]) -> None:

@@ -10,10 +10,16 @@ from dataclasses import dataclass
 
 from modelport.backends.base import Backend
 from modelport.backends.local import LocalBackend
+from modelport.engine.accounts import AccountService
+from modelport.engine.audit import AuditLog
+from modelport.engine.billing import BillingService
 from modelport.engine.deployments import DeploymentManager
 from modelport.engine.inference import InferenceService
 from modelport.engine.llm import LLMService
+from modelport.engine.metering import Meter
 from modelport.engine.models import ModelService
+from modelport.engine.pricing import PriceBook
+from modelport.engine.ratelimit import RateLimiter
 from modelport.engine.registry import Registry
 from modelport.engine.usage import UsageHub
 from modelport.observability.metrics import Metrics
@@ -35,6 +41,12 @@ class Services:
     models: ModelService
     usage: UsageHub
     llm: LLMService
+    accounts: AccountService
+    audit: AuditLog
+    limits: RateLimiter
+    prices: PriceBook
+    meter: Meter
+    billing: BillingService
 
     def close(self) -> None:
         self.database.dispose()
@@ -50,8 +62,16 @@ def build_services(settings: Settings) -> Services:
     backend = LocalBackend(settings)
     metrics = Metrics()
     deployments = DeploymentManager(settings, registry, artifacts, backend, metrics)
-    inference = InferenceService(deployments)
     usage = UsageHub(settings.usage_recent_events, metrics.registry)
+    inference = InferenceService(deployments, usage)
+    accounts = AccountService(database)
+    # Tenant rpm/tpm come from the accounts' in-memory table (no SQL per request).
+    limits = RateLimiter.from_settings(settings, accounts.tenant_limits)
+    usage.subscribe(limits.on_usage)  # tokens are charged after the fact
+    prices = PriceBook(database)
+    meter = Meter(settings, database, prices, tenant_budgets=accounts.tenant_limits)
+    if settings.metering:
+        usage.subscribe(meter.on_event)  # one usage record per answered request
     return Services(
         settings=settings,
         database=database,
@@ -64,4 +84,10 @@ def build_services(settings: Settings) -> Services:
         models=ModelService(settings, registry, artifacts),
         usage=usage,
         llm=LLMService(settings, deployments, inference, backend, usage, metrics),
+        accounts=accounts,
+        audit=AuditLog(database),
+        limits=limits,
+        prices=prices,
+        meter=meter,
+        billing=BillingService(database, prices, meter),
     )

@@ -6,11 +6,21 @@ request produces none. A stream produces one when it ends, counting only the tok
 sent to the client, also when the client went away midway (``finished=False``).
 
 ``UsageHub`` fans events out to subscribers. Built in: Prometheus token counters and a
-bounded ring of recent events (``GET /api/usage/recent``). The metering/billing issue adds a
-database writer with ``subscribe``. Subscribers run on the event loop, inline with the
-request, so they must be quick and must not block: a slow sink queues the event and writes
-it from its own task or thread. A failing subscriber is logged and never fails the request
-or starves the other subscribers.
+bounded ring of recent events (``GET /api/usage/recent``); the meter (``engine.metering``)
+subscribes too and turns each event into a billed usage record. Subscribers run on the
+event loop, inline with the request, so they must be quick and must not block: a slow sink
+queues the event and writes it from its own task or thread. A failing subscriber is logged
+and never fails the request or starves the other subscribers.
+
+Billing units beside the tokens: ``requests`` (1), ``rows`` (axis 0 of a V2/V1 request or
+the inputs of an embedding) and ``compute_ms``, the model time of the batch that served the
+request shared among its requests by rows (``add_compute_ms``/``take_compute_ms`` carry it
+from the batcher to the event through the request context). ``tenant_id``/``key_id`` may
+stay None: the meter fills them from the request's principal.
+
+A streamed response also registers a *snapshot* provider (``set_stream_snapshot``): the
+usage so far, which the metering middleware journals before each chunk it sends, so a
+stream cut short by a crash is still billed for what it sent.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter
+
+from modelport.engine.principal import CURRENT
 
 log = logging.getLogger("modelport.usage")
 
@@ -44,12 +56,47 @@ class UsageEvent:
     streamed: bool = False
     finished: bool = True  # False: the client left (or the stream broke) before the end
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    tenant_id: int | None = None  # None: the meter takes the request's principal
+    key_id: int | None = None  # api_keys.id, likewise
+    rows: int = 0
+    compute_ms: float = 0.0  # model time of the serving batch, this request's share
+    requests: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (``created`` as ISO 8601)."""
         data = asdict(self)
         data["created"] = self.created.isoformat()
         return data
+
+
+# Keys of ``RequestContext.extra`` (engine.principal) used by metering.
+COMPUTE_MS = "usage.compute_ms"
+STREAM_SNAPSHOT = "usage.snapshot"
+
+
+def add_compute_ms(ms: float) -> None:
+    """Add model time to the current request (no-op outside a request)."""
+    context = CURRENT.get()
+    if context is not None:
+        extra = context.extra
+        before = extra.get(COMPUTE_MS)
+        extra[COMPUTE_MS] = ms + before if isinstance(before, float) else ms
+
+
+def take_compute_ms() -> float:
+    """The model time added to the current request so far, reset to zero."""
+    context = CURRENT.get()
+    if context is None:
+        return 0.0
+    ms = context.extra.pop(COMPUTE_MS, 0.0)
+    return ms if isinstance(ms, float) else 0.0
+
+
+def set_stream_snapshot(snapshot: Callable[[], UsageEvent]) -> None:
+    """Register the usage-so-far of the current request's stream (see the module doc)."""
+    context = CURRENT.get()
+    if context is not None:
+        context.extra[STREAM_SNAPSHOT] = snapshot
 
 
 class UsageHub:

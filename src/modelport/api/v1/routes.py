@@ -101,16 +101,17 @@ async def handle_predict(request: Request, model: str, version: str | None) -> R
             raise MalformedRequest(f"body is not valid JSON: {exc}") from None
         inputs = _inputs(payload, live.version.signature)
         outputs = await services.inference.infer(live, inputs, cast=True)
+        answer = orjson.dumps(
+            {"predictions": _predictions(outputs)}, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+        services.inference.answered(live, inputs)  # its one usage event (metering)
         status = 200
     except ModelportError as exc:
         status = exc.status
         raise
     finally:
         services.metrics.observe_request(model, "v1", status, time.perf_counter() - started)
-    return Response(
-        orjson.dumps({"predictions": _predictions(outputs)}, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type="application/json",
-    )
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/v1/models/{model}:predict", summary="Predict (TF-Serving / KServe V1 JSON)")

@@ -142,6 +142,7 @@ async def handle_infer(request: Request, model: str, version: str | None) -> Res
             req.outputs,
             req.binary_output_default,
         )
+        services.inference.answered(live, req.inputs)  # its one usage event (metering)
         status = 200
     except ModelportError as exc:
         status = exc.status

@@ -1,0 +1,208 @@
+"""The write-ahead journal of usage records: what makes metering survive ``kill -9``.
+
+Every usage record is appended to the current *segment* file in
+``<data_dir>/usage-journal/`` as one JSON line, by one ``os.write`` on an ``O_APPEND``
+descriptor, *before* the response it bills is handed to the transport (``api.metering``).
+There is no ``fsync``: a process killed with SIGKILL loses nothing that ``write`` returned,
+because the data is already in the kernel's page cache, which outlives the process. Losing
+power (or the kernel) can lose the last few seconds of lines; that is out of scope unless
+``metering_fsync`` is set, which adds an ``fdatasync`` per line (durable, and much slower).
+
+A streamed response journals a *snapshot* line (its usage so far) before each chunk and a
+final line when it ends; for one request id the last line wins. The writer (``Meter``)
+periodically ``rotate``s: a new segment becomes current, the latest snapshot of every
+stream still open is written again into it, and the final records of the closed segments
+are handed over to be committed to the database, after which those segments are deleted.
+So a closed segment holds nothing that is not either committed or repeated in a newer one.
+
+At start, ``read`` takes every segment in order (a torn last line — the process died inside
+``write`` — is skipped, as is any line that is not a JSON object with a request id); the
+caller inserts the records the database lacks and deletes the segments. Doing it twice
+inserts nothing twice, so a crash during replay is harmless too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("modelport.metering")
+
+Record = dict[str, Any]
+
+_SEGMENT = re.compile(r"^segment-(\d{12})\.jsonl$")
+
+
+def _segment_name(number: int) -> str:
+    return f"segment-{number:012d}.jsonl"
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """The journal's segment files, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _SEGMENT.match(path.name)
+        if match is not None:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def encode(record: Record) -> bytes:
+    """One journal line (``datetime`` values as ISO 8601, everything else plain JSON)."""
+    return orjson.dumps(record) + b"\n"
+
+
+def read(directory: Path) -> tuple[dict[str, Record], list[Path]]:
+    """Replay: the last record per request id over all segments, and the segments read."""
+    records: dict[str, Record] = {}
+    paths = []
+    for _number, path in segments(directory):
+        paths.append(path)
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        if lines and lines[-1]:
+            log.warning("usage journal %s ends in a torn line; skipping it", path.name)
+        for line in lines[:-1]:  # the part after the last newline is empty or torn
+            record = _parse(line)
+            if record is None:
+                if line.strip():
+                    log.warning("usage journal %s: skipping an unreadable line", path.name)
+                continue
+            request_id = record["request_id"]
+            records.pop(request_id, None)  # keep the order of last writes
+            records[request_id] = record
+    return records, paths
+
+
+def _parse(line: bytes) -> Record | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("request_id"), str):
+        return None
+    return record
+
+
+class UsageJournal:
+    """Append-only segments of usage records (see the module docstring).
+
+    ``append`` runs on the event loop; ``rotate`` on the writer thread. One lock orders them:
+    an append never lands in a segment that a rotation already handed over.
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = False) -> None:
+        self.directory = directory
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._number = 0
+        self._written = False  # anything appended since the last rotation
+        self._finals: list[Record] = []  # final records of the current segment
+        self._open: dict[str, bytes] = {}  # request id -> latest snapshot line of open streams
+        self._closed: list[Path] = []  # rotated segments not yet released
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
+    @property
+    def open_streams(self) -> int:
+        """Streams with a snapshot but no final record yet."""
+        return len(self._open)
+
+    def open(self) -> None:
+        """Start a new segment after any existing one.
+
+        Existing segments are left alone (never released by this journal): replay and
+        delete them first, or the next start replays them.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = segments(self.directory)
+        with self._lock:
+            self._number = existing[-1][0] if existing else 0
+            self._fd = self._new_segment()
+
+    def _new_segment(self) -> int:
+        self._number += 1
+        path = self.directory / _segment_name(self._number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        if self._fsync:  # make the new name itself durable
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return fd
+
+    def append(self, record: Record, *, final: bool) -> None:
+        """Journal ``record``: a final one, or a snapshot of a stream still being sent."""
+        line = encode(record)
+        request_id: str = record["request_id"]
+        with self._lock:
+            if self._fd < 0:
+                raise RuntimeError("the usage journal is not open")
+            os.write(self._fd, line)
+            if self._fsync:
+                os.fdatasync(self._fd)
+            self._written = True
+            if final:
+                self._finals.append(record)
+                self._open.pop(request_id, None)
+            else:
+                self._open[request_id] = line
+
+    def rotate(self) -> list[Record]:
+        """Switch to a new segment; return the final records of the segments closed.
+
+        The closed segments stay on disk until ``release`` (call it once those records are
+        committed). Nothing happens, and nothing is returned, when nothing was appended.
+        """
+        with self._lock:
+            if self._fd < 0 or not self._written:
+                return []
+            old_fd, old_number = self._fd, self._number
+            self._fd = self._new_segment()
+            for line in self._open.values():  # open streams move into the new segment
+                os.write(self._fd, line)
+            if self._fsync and self._open:
+                os.fdatasync(self._fd)
+            self._written = bool(self._open)
+            finals, self._finals = self._finals, []
+            self._closed.append(self.directory / _segment_name(old_number))
+        os.close(old_fd)
+        return finals
+
+    def release(self) -> int:
+        """Delete the rotated segments (their records are committed); returns how many."""
+        with self._lock:
+            closed, self._closed = self._closed, []
+        for path in closed:
+            path.unlink(missing_ok=True)
+        return len(closed)
+
+    def close(self) -> list[Record]:
+        """Stop appending; return the final records not yet handed over by ``rotate``.
+
+        The current segment is closed and kept until ``release``; open streams' snapshots
+        stay in it (a later start replays them).
+        """
+        with self._lock:
+            if self._fd < 0:
+                return []
+            fd, self._fd = self._fd, -1
+            finals, self._finals = self._finals, []
+            if self._open:
+                self._written = False  # keep the segment: it holds open streams
+            else:
+                self._closed.append(self.directory / _segment_name(self._number))
+        os.close(fd)
+        return finals

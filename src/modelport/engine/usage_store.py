@@ -1,0 +1,137 @@
+"""Bulk insert of journaled usage records into ``usage_records``, idempotently.
+
+One ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` (the same on SQLite and PostgreSQL,
+compiled once by SQLAlchemy for the database's dialect), run as one ``executemany`` per
+batch through the SQLAlchemy connection, with the values already in the driver's types.
+Why not core ``execute(insert, list_of_dicts)``: with its per-row parameter processing a
+flush measured ~17 µs per record, against ~7 µs this way, and the writer thread holds the
+GIL meanwhile; at ~10,000 requests/s that is ~17 % against ~7 % of the event loop's core.
+The conversions done here are those of the column types in ``storage.tables``
+(``UTCDateTime`` stores naive UTC text on SQLite, ``Numeric`` a float there), and the tests
+read the rows back through the ORM to hold them to it.
+
+A record that the database refuses, or that cannot be converted (a damaged journal line,
+a bug), must not block the others: the batch is retried row by row and such records go to
+``rejected.jsonl`` beside the journal, with the error, for an operator to look at.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError
+
+from modelport.engine.usage_journal import Record, encode
+from modelport.storage.db import Database
+from modelport.storage.tables import UsageRow
+
+log = logging.getLogger("modelport.metering")
+
+COLUMNS = (
+    "request_id", "tenant_id", "key_id", "model", "version", "kind", "requests", "rows",
+    "input_tokens", "output_tokens", "compute_ms", "streamed", "finished", "price_id", "cost",
+    "created_at",
+)  # fmt: skip
+_CHUNK = 5000  # rows per executemany
+_BAD_RECORD = (IntegrityError, DataError, ValueError, TypeError, KeyError, ArithmeticError)
+_LOGGED = 10  # refused records logged one by one per batch (then only counted)
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DateTime stores
+
+
+def _created(record: Record) -> datetime:
+    created = record["created_at"]
+    when = datetime.fromisoformat(created) if isinstance(created, str) else created
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise ValueError(f"created_at {created!r} is not a timezone-aware time")
+    return when
+
+
+def _head(record: Record) -> tuple[Any, ...]:
+    return (
+        record["request_id"], record.get("tenant_id"), record.get("key_id"), record["model"],
+        record["version"], record["kind"], int(record.get("requests", 1)),
+        int(record.get("rows", 0)), int(record.get("input_tokens", 0)),
+        int(record.get("output_tokens", 0)),
+    )  # fmt: skip
+
+
+def _sqlite_row(record: Record) -> tuple[Any, ...]:
+    return (
+        *_head(record),
+        int(record.get("compute_us", 0)) / 1000.0,
+        int(bool(record.get("streamed", False))),
+        int(bool(record.get("finished", True))),
+        record.get("price_id"),
+        float(Decimal(str(record.get("cost", "0")))),
+        _created(record).astimezone(UTC).strftime(_SQLITE_TIME),
+    )
+
+
+def _postgres_row(record: Record) -> dict[str, Any]:
+    values = (
+        *_head(record),
+        Decimal(int(record.get("compute_us", 0))).scaleb(-3),
+        bool(record.get("streamed", False)),
+        bool(record.get("finished", True)),
+        record.get("price_id"),
+        Decimal(str(record.get("cost", "0"))),
+        _created(record),
+    )
+    return dict(zip(COLUMNS, values, strict=True))
+
+
+class UsageStore:
+    """Insert usage records, each request id at most once (see the module docstring)."""
+
+    def __init__(self, database: Database, rejected: Path) -> None:
+        self._database = database
+        self._rejected = rejected
+        # Parameters as the driver takes them: psycopg named (%(name)s), sqlite3 positional.
+        row: Callable[[Record], tuple[Any, ...] | dict[str, Any]]
+        if database.dialect_name == "postgresql":
+            statement: Any = postgresql.insert(UsageRow)
+            row = _postgres_row
+        else:
+            statement = sqlite.insert(UsageRow)
+            row = _sqlite_row
+        statement = statement.on_conflict_do_nothing(index_elements=["request_id"])
+        compiled = statement.compile(dialect=database.engine.dialect, column_keys=list(COLUMNS))
+        self._sql = str(compiled)
+        self._row = row
+
+    def insert(self, records: list[Record]) -> None:
+        """Insert ``records`` in one transaction; an outage raises, bad records are set aside."""
+        try:
+            self._insert([self._row(record) for record in records])
+        except _BAD_RECORD:
+            log.warning("a batch of %d usage records was refused; one by one now", len(records))
+            rejected = 0
+            for record in records:
+                try:
+                    self._insert([self._row(record)])
+                except _BAD_RECORD as exc:
+                    rejected += 1
+                    self._reject(record, exc, quiet=rejected > _LOGGED)
+            if rejected:
+                log.error("%d usage records refused; see %s", rejected, self._rejected)
+
+    def _insert(self, rows: list[tuple[Any, ...] | dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._database.engine.begin() as conn:
+            for start in range(0, len(rows), _CHUNK):
+                conn.exec_driver_sql(self._sql, rows[start : start + _CHUNK])
+
+    def _reject(self, record: Record, exc: Exception, *, quiet: bool) -> None:
+        error = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        if not quiet:
+            log.error("usage record %r refused: %s", record.get("request_id"), error)
+        self._rejected.parent.mkdir(parents=True, exist_ok=True)
+        with self._rejected.open("ab") as fh:
+            fh.write(encode({"error": error, "record": record}))

@@ -1,0 +1,232 @@
+"""The usage journal and its replay: exactly one record per request id, whatever the crash.
+
+A "crash" here is a meter that is never stopped: its journal segments stay as the killed
+process left them (the page cache keeps what ``os.write`` returned), and a new meter on the
+same data dir replays them into a real SQLite database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from modelport.engine.metering import Meter
+from modelport.engine.pricing import PriceBook
+from modelport.engine.usage import UsageEvent
+from modelport.engine.usage_journal import UsageJournal, read, segments
+from modelport.settings import Settings
+from modelport.storage.db import Database
+from modelport.storage.tables import UsageRow
+
+NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+
+
+def _record(request_id: str, tokens: int = 0) -> dict[str, object]:
+    return {"request_id": request_id, "model": "m", "output_tokens": tokens}
+
+
+def _event(request_id: str, completion: int = 0, **extra: object) -> UsageEvent:
+    return UsageEvent(
+        request_id, "iris", 1, "inference", 3, completion, 3 + completion, created=NOW,
+        **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+# -- the journal alone -------------------------------------------------------------------------
+
+
+def test_rotate_hands_over_finals_and_release_deletes_segments(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("a"), final=True)
+    journal.append(_record("b"), final=True)
+    assert journal.rotate() == [_record("a"), _record("b")]
+    assert len(segments(tmp_path)) == 2  # the closed one waits for release
+    assert journal.rotate() == []  # nothing new: no new segment either
+    assert journal.release() == 1
+    assert [n for n, _ in segments(tmp_path)] == [2]
+    records, _ = read(tmp_path)
+    assert records == {}
+
+
+def test_replay_skips_a_torn_last_line_and_keeps_the_last_duplicate(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("a", 1), final=True)
+    journal.append(_record("b", 1), final=True)
+    journal.append(_record("a", 2), final=True)  # a duplicate line: the last one wins
+    path = segments(tmp_path)[-1][1]
+    with path.open("ab") as fh:  # the process died inside write()
+        fh.write(b'{"request_id": "c", "model": "m", "out')
+    records, paths = read(tmp_path)
+    assert paths == [path]
+    assert records == {"a": _record("a", 2), "b": _record("b", 1)}
+
+
+def test_replay_skips_garbage_lines(tmp_path: Path) -> None:
+    path = tmp_path / "segment-000000000001.jsonl"
+    path.write_bytes(b'not json\n[1, 2]\n{"no": "id"}\n{"request_id": "x"}\n\n')
+    records, _ = read(tmp_path)
+    assert records == {"x": {"request_id": "x"}}
+
+
+def test_open_streams_move_to_the_new_segment_at_rotation(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("s", 1), final=False)
+    journal.append(_record("s", 2), final=False)
+    journal.append(_record("done"), final=True)
+    assert journal.rotate() == [_record("done")]
+    journal.release()
+    # Only the newest snapshot of the open stream survives, in the new segment.
+    records, paths = read(tmp_path)
+    assert len(paths) == 1
+    assert records == {"s": _record("s", 2)}
+    assert journal.open_streams == 1
+    journal.append(_record("s", 3), final=True)  # the stream ends
+    assert journal.open_streams == 0
+    assert journal.rotate() == [_record("s", 3)]
+    journal.release()
+    assert read(tmp_path)[0] == {}
+
+
+def test_close_keeps_a_segment_with_open_streams(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("s", 1), final=False)
+    journal.append(_record("f"), final=True)
+    assert journal.close() == [_record("f")]
+    journal.release()
+    assert read(tmp_path)[0] == {"s": _record("s", 1), "f": _record("f")}
+    with pytest.raises(RuntimeError):
+        journal.append(_record("late"), final=True)
+
+
+# -- replay through the meter into SQLite ------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def _meter(data_dir: Path) -> Meter:
+    # A writer that never wakes up on its own: the tests decide when records are committed.
+    settings = Settings(data_dir=data_dir, metering_flush_ms=3_600_000)
+    database = Database(settings.db_url)
+    database.migrate()
+    return Meter(settings, database, PriceBook(database, clock=lambda: NOW), clock=lambda: NOW)
+
+
+@pytest.fixture
+def meters(data_dir: Path) -> Iterator[list[Meter]]:
+    made: list[Meter] = []
+    yield made
+    for meter in made:  # "crashed" meters: stop their writer threads, keep their journals
+        meter._stopping.set()
+        if meter._thread is not None:
+            meter._thread.join()
+        meter._database.dispose()
+
+
+def _start(data_dir: Path, meters: list[Meter]) -> Meter:
+    meter = _meter(data_dir)
+    meters.append(meter)
+    meter.start()
+    return meter
+
+
+def _rows(meter: Meter) -> dict[str, UsageRow]:
+    with meter._database.session() as session:
+        return {row.request_id: row for row in session.scalars(select(UsageRow))}
+
+
+def test_replay_after_a_crash_inserts_each_record_once(data_dir: Path, meters: list[Meter]) -> None:
+    first = _start(data_dir, meters)
+    for i in range(5):
+        first.record(_event(f"r{i}", rows=2, compute_ms=0.25), None)
+    assert first.flush() == 5  # committed, segments released
+    for i in range(5, 12):
+        first.record(_event(f"r{i}"), None)
+    # Crash: r5..r11 are only in the journal. A second start replays them.
+    second = _start(data_dir, meters)
+    rows = _rows(second)
+    assert sorted(rows) == sorted(f"r{i}" for i in range(12))
+    assert rows["r0"].rows == 2 and rows["r0"].compute_ms == Decimal("0.250")
+    assert [n for n, _ in segments(data_dir / "usage-journal")] == [1]  # a fresh one
+    # Replaying the same journal again (a crash during replay) adds nothing.
+    assert second.replay() == 0
+    assert len(_rows(second)) == 12
+
+
+def test_replay_is_idempotent_when_segments_were_committed_but_not_deleted(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    first = _start(data_dir, meters)
+    for i in range(4):
+        first.record(_event(f"r{i}"), None)
+    batch = first.journal.rotate()
+    first._write(batch)  # committed... and killed before the segment was deleted
+    second = _start(data_dir, meters)
+    with second._database.session() as session:
+        assert session.scalar(select(func.count()).select_from(UsageRow)) == 4
+
+
+def test_a_stream_cut_by_a_crash_is_billed_with_its_last_snapshot(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    first = _start(data_dir, meters)
+    for sent in range(1, 4):
+        first.record(_event("stream", sent, streamed=True, finished=False), None, final=False)
+    first.record(_event("done", 5, streamed=True), None)
+    first.flush()  # "done" committed; the open stream moves on with the new segment
+    first.record(_event("stream", 4, streamed=True, finished=False), None, final=False)
+    second = _start(data_dir, meters)
+    rows = _rows(second)
+    assert set(rows) == {"stream", "done"}
+    assert rows["stream"].output_tokens == 4 and rows["stream"].finished is False
+    assert rows["done"].output_tokens == 5
+
+
+def test_a_stream_that_ended_is_billed_with_its_final_record(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    first = _start(data_dir, meters)
+    first.record(_event("s", 1, streamed=True, finished=False), None, final=False)
+    first.flush()
+    first.record(_event("s", 2, streamed=True, finished=False), None, final=False)
+    first.record(_event("s", 2, streamed=True, finished=True), None)
+    second = _start(data_dir, meters)
+    rows = _rows(second)
+    assert rows["s"].output_tokens == 2 and rows["s"].finished is True
+
+
+def test_a_clean_stop_commits_everything_and_leaves_no_segments(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    meter = _meter(data_dir)
+    meter.start()
+    for i in range(3):
+        meter.record(_event(f"r{i}"), None)
+    meter.stop()
+    assert segments(data_dir / "usage-journal") == []
+    assert len(_rows(meter)) == 3
+    meter._database.dispose()
+
+
+def test_a_damaged_record_is_set_aside_and_the_others_are_billed(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    first = _start(data_dir, meters)
+    first.record(_event("good-1"), None)
+    first.journal.append({"request_id": "damaged", "model": "iris"}, final=True)  # no version
+    first.record(_event("good-2"), None)
+    second = _start(data_dir, meters)
+    assert set(_rows(second)) == {"good-1", "good-2"}
+    rejected = (data_dir / "usage-journal" / "rejected.jsonl").read_text()
+    assert '"request_id":"damaged"' in rejected and "version" in rejected
