@@ -1,11 +1,12 @@
 """W1 with auth + rate limiting + metering on vs off: the cost of pay-per-use on the hot path.
 
-Two modelport servers on the same machine, same demo `iris` deployment: one as shipped (every
+A modelport server with the demo `iris` deployment, run in turns: as shipped (every
 request authenticated by API key, checked against requests/min and tokens/min buckets and a
 monthly budget, and metered: one usage record journaled before its response and group-
 committed to the database), one with all three switched off (``MODELPORT_AUTH=false``,
-``MODELPORT_RATE_LIMITS=false``, ``MODELPORT_METERING=false``). Both run on
-CPU 0 (the idle one costs nothing), wrk on CPU 1, alternating rounds, medians reported.
+``MODELPORT_RATE_LIMITS=false``, ``MODELPORT_METERING=false``). One server at a time on
+CPU 0 (restarted on its own data dir each round), wrk on CPU 1, alternating rounds, medians
+reported.
 Target: at most 10 % fewer req/s with it on, at concurrency 64. The script also checks that
 the "on" server wrote exactly one usage record per 2xx response wrk counted.
 
@@ -50,32 +51,29 @@ def main() -> None:
     c = args.concurrency
     headers = ADMIN_HEADERS
     runs: dict[str, list[WrkResult]] = {"on": [], "off": []}
+    text_off = {"MODELPORT_DEMO_TEXT_MODELS": "false"}
+    envs = {"on": text_off, "off": {**text_off, **OFF}}
+    ok_on = metered = 0
     with tempfile.TemporaryDirectory() as tmp:
-        on_port, off_port = free_port(), free_port()
-        text_off = {"MODELPORT_DEMO_TEXT_MODELS": "false"}
-        with (
-            modelport_server(Path(tmp) / "on", on_port, env=text_off),
-            modelport_server(
-                Path(tmp) / "off", off_port, env={**text_off, "MODELPORT_AUTH": "false"}
-            ),
-        ):
-            on = f"http://127.0.0.1:{on_port}"
-            off = f"http://127.0.0.1:{off_port}"
-            # wrk sends the admin key to both; the "off" server ignores it.
-            targets = {"on": (on, headers), "off": (off, headers)}
-            for base, h in targets.values():
-                wrk(f"{base}/v2/models/iris/infer", body, 16, 2, headers=h)  # warm-up
-            before = _records(on, headers)
-            ok_on = 0
-            for _ in range(args.rounds):
-                for label, (base, h) in targets.items():
-                    result = wrk(f"{base}/v2/models/iris/infer", body, c, args.seconds, headers=h)
+        for _ in range(args.rounds):
+            # One server at a time, restarted on its data dir every round: two servers side
+            # by side skewed each other's figures on this 2-core VM.
+            for label, env in envs.items():
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                url = f"{base}/v2/models/iris/infer"
+                with modelport_server(Path(tmp) / label, port, env=env):
+                    wrk(url, body, 16, 2)  # warm-up
+                    before = _records(base, headers) if label == "on" else 0
+                    result = wrk(url, body, c, args.seconds)
                     runs[label].append(result)
                     if label == "on":
                         ok_on += result.requests - result.errors
-            metered = _records(on, headers) - before
+                        metered += _records(base, headers) - before
     print("W1 + pay-per-use: iris, 1 row/request, V2 JSON; server CPU 0, wrk CPU 1")
     print(f"(median of {args.rounds} alternating rounds of {args.seconds:g} s each, c={c})")
+    for label, results in runs.items():
+        print(f"rounds {label:>3}: " + ", ".join(f"{r.rps:.0f}" for r in results) + " req/s")
     print(_median(runs["on"]).row("auth+limits+metering on"))
     print(_median(runs["off"]).row("all three off"))
     ratio = statistics.median(a.rps / b.rps for a, b in zip(runs["on"], runs["off"], strict=True))
