@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from modelport.engine import usage_journal
 from modelport.engine.metering import Meter
 from modelport.engine.pricing import PriceBook
 from modelport.engine.usage import UsageEvent
@@ -93,6 +94,26 @@ def test_open_streams_move_to_the_new_segment_at_rotation(tmp_path: Path) -> Non
     assert journal.rotate() == [_record("s", 3)]
     journal.release()
     assert read(tmp_path)[0] == {}
+
+
+def test_a_full_segment_continues_in_a_new_one_with_the_open_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_journal, "SEGMENT_BYTES", 160)  # two or three lines each
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("s", 1), final=False)
+    finals = [_record(f"r{i}") for i in range(6)]
+    for record in finals:
+        journal.append(record, final=True)
+    assert len(segments(tmp_path)) > 2  # it filled up more than once
+    records, _ = read(tmp_path)  # a crash now: everything is there
+    assert records == {"s": _record("s", 1), **{str(r["request_id"]): r for r in finals}}
+    assert journal.rotate() == finals
+    journal.release()
+    # What is left is the newest segment, holding the open stream's snapshot only.
+    assert len(segments(tmp_path)) == 1
+    assert read(tmp_path)[0] == {"s": _record("s", 1)}
 
 
 def test_close_keeps_a_segment_with_open_streams(tmp_path: Path) -> None:
