@@ -35,6 +35,7 @@ bench: $(STAMP)
 	./scripts/ensure-wrk.sh
 	$(BIN)/python -m benchmarks.w1_overhead
 	$(BIN)/python -m benchmarks.w2_compute
+	$(BIN)/python -m benchmarks.w1_metering
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -8,7 +8,8 @@ The mechanism, end to end:
    go to the transport. A failed request (non-2xx) is never journaled, so never billed.
    A stream is 200 from its first byte: a snapshot of its usage is journaled before the
    response starts and before every chunk, and its final record when it ends.
-2. Journaling (``engine.usage_journal``) is one ``os.write`` of one JSON line, with the
+2. Journaling (``engine.usage_journal``) copies one JSON line into a memory-mapped segment
+   (shared with the page cache, so it outlives a killed process), with the
    record's price and cost already fixed: the sheet in force at the request's time.
 3. A writer thread group-commits the journal's final records to ``usage_records`` every
    ``metering_flush_ms`` (one ``executemany``, ``ON CONFLICT (request_id) DO NOTHING``) and
