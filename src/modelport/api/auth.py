@@ -35,6 +35,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.api.errors import error_response
+from modelport.api.inference_paths import classify, inference_target
 from modelport.engine.apikeys import CHALLENGE_HEADERS
 from modelport.engine.principal import (
     ADMIN,
@@ -53,11 +54,6 @@ from modelport.errors import Unauthenticated
 
 log = logging.getLogger("modelport.auth")
 
-_INFERENCE_PATH = re.compile(
-    r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"
-    r"|/v1/models/[^/:]+(?:/versions/[^/:]+)?:predict"
-    r"|/v1/(?:embeddings|chat/completions|completions)"
-)
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json"})
 _OPEN_PREFIXES = ("/health", "/docs/")
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -74,9 +70,13 @@ _READ_SCOPES = {"usage": BILLING_READ, "invoices": BILLING_READ, "audit": ADMIN}
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 
 
-def required_scope(method: str, path: str) -> str | None:
-    """The scope a call needs beyond a valid key (``None``: any valid key will do)."""
-    if method == "POST" and _INFERENCE_PATH.fullmatch(path):
+def required_scope(method: str, path: str, inference: bool | None = None) -> str | None:
+    """The scope a call needs beyond a valid key (``None``: any valid key will do).
+
+    ``inference``: whether it is an inference call, when already known
+    (``inference_paths.inference_target``).
+    """
+    if inference if inference is not None else classify(method, path)[0]:
         return INFERENCE
     write = method in _WRITES
     if not path.startswith("/api/"):
@@ -158,7 +158,7 @@ class AuthMiddleware:
         context = RequestContext(principal, request_id, _remote(scope))
         token = CURRENT.set(context)
         try:
-            scope_needed = required_scope(method, path)
+            scope_needed = required_scope(method, path, inference_target(scope)[0])
             audited = method in _WRITES and path.startswith("/api/")
             if scope_needed is not None and not principal.allows(scope_needed):
                 message = f"this API key lacks the {scope_needed!r} scope"

@@ -15,34 +15,14 @@ to the handler unchanged.
 
 from __future__ import annotations
 
-import re
-
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.api.errors import error_response
+from modelport.api.inference_paths import inference_target
 from modelport.engine.principal import current_principal
 from modelport.engine.ratelimit import RateLimiter
 from modelport.errors import RateLimited
-
-# Inference paths whose model is in the path.
-_MODEL_IN_PATH = (
-    re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$"),
-    re.compile(r"^/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+)?:predict$"),
-)
-# OpenAI inference paths: the model is in the JSON body.
-_MODEL_IN_BODY = frozenset({"/v1/embeddings", "/v1/chat/completions", "/v1/completions"})
-
-
-def _path_model(path: str) -> tuple[bool, str | None]:
-    """Whether ``path`` is an inference call, and its model when the path names it."""
-    if path in _MODEL_IN_BODY:
-        return True, None
-    for pattern in _MODEL_IN_PATH:
-        match = pattern.match(path)
-        if match is not None:
-            return True, match.group("model")
-    return False, None
 
 
 async def _peek_model(receive: Receive, limit: int) -> tuple[str | None, Receive]:
@@ -98,15 +78,12 @@ class LimitsMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        inference, model = _path_model(path)
+        inference, model = inference_target(scope)
         principal = current_principal() if inference else None
         if principal is None:
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
         if model is None and self.limiter.limits_models:
             model, receive = await _peek_model(receive, self.max_body_bytes)
         try:

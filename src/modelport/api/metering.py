@@ -21,23 +21,10 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.api.errors import error_response
+from modelport.api.inference_paths import inference_target
 from modelport.engine.metering import Meter
 from modelport.engine.principal import CURRENT, RequestContext
 from modelport.errors import QuotaExceeded
-
-_OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/chat/completions", "/v1/completions"})
-
-
-def is_inference_call(scope: Scope) -> bool:
-    """Whether ``scope`` is an inference POST (the calls that are metered and budgeted)."""
-    if scope["type"] != "http" or scope["method"] != "POST":
-        return False
-    path: str = scope["path"]
-    if path.startswith("/v2/models/"):
-        return path.endswith("/infer")
-    if path.startswith("/v1/models/"):
-        return path.endswith(":predict")
-    return path in _OPENAI_PATHS
 
 
 class MeteringMiddleware:
@@ -48,7 +35,7 @@ class MeteringMiddleware:
         self.meter = meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_inference_call(scope):
+        if not inference_target(scope)[0]:
             await self.app(scope, receive, send)
             return
         context = CURRENT.get()
