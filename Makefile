@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.w1_overhead
 	$(BIN)/python -m benchmarks.w2_compute
 	$(BIN)/python -m benchmarks.w1_metering
+	$(BIN)/python -m benchmarks.training_overhead
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

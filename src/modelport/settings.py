@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         default=True, description="Serve /metrics without an API key (for scrapers)."
     )
 
+    # Training (``engine.training``): jobs run in worker processes, a few at a time.
+    training_max_jobs: int = Field(
+        default=1, ge=1, description="Training jobs that run at once; the rest wait queued."
+    )
+    training_threads: int = Field(
+        default=0, ge=0, description="CPU threads per training job (0: all cores)."
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("admin_key")
@@ -172,6 +180,11 @@ class Settings(BaseSettings):
         """Root folder of the local artifact store."""
         assert self.artifact_dir is not None  # set by the validator
         return self.artifact_dir
+
+    @property
+    def training_dir(self) -> Path:
+        """Per-run work folders (``<training_dir>/<run_id>``: spec, checkpoints, log, bundle)."""
+        return self.data_dir / "training"
 
     @property
     def runtime_dir(self) -> Path:

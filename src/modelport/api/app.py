@@ -1,8 +1,9 @@
 """``create_app``: the FastAPI application over a set of built services.
 
-The lifespan migrates the database, restores stored deployments, installs the demo models
-on first start, and stops every worker on shutdown. No module-level app or globals: tests
-and the server each build their own.
+The lifespan migrates the database, restores stored deployments, registers the built-in
+datasets and installs the demo models on first start, starts the training scheduler (which
+re-queues interrupted runs), and stops every worker and job on shutdown. No module-level
+app or globals: tests and the server each build their own.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from modelport import __version__
 from modelport.api.admin import accounts as admin_accounts
 from modelport.api.admin import audit as admin_audit
 from modelport.api.admin import billing as admin_billing
+from modelport.api.admin import datasets as admin_datasets
 from modelport.api.admin import deployments as admin_deployments
 from modelport.api.admin import models as admin_models
+from modelport.api.admin import runs as admin_runs
 from modelport.api.admin import usage as admin_usage
 from modelport.api.auth import AuthMiddleware
 from modelport.api.errors import install_error_handlers
@@ -34,7 +37,11 @@ from modelport.api.metering import MeteringMiddleware
 from modelport.api.openai import router as openai_router
 from modelport.api.v1 import routes as v1
 from modelport.api.v2 import routes as v2
-from modelport.engine.bootstrap import install_demo_models, install_text_demos
+from modelport.engine.bootstrap import (
+    install_builtin_datasets,
+    install_demo_models,
+    install_text_demos,
+)
 from modelport.engine.services import Services
 
 log = logging.getLogger("modelport")
@@ -70,6 +77,10 @@ def create_app(services: Services) -> FastAPI:
         # month-to-date spend, start the usage writer.
         await run_in_threadpool(services.meter.start)
         await services.deployments.restore()
+        # The built-in datasets (first start only) load scikit-learn: serve meanwhile (a
+        # lookup of one waits for them); runs a stop interrupted are queued again.
+        builtins = install_builtin_datasets(services)
+        await services.training.start()
         installing = None
         if services.settings.demo_models:
             await install_demo_models(services)
@@ -82,10 +93,13 @@ def create_app(services: Services) -> FastAPI:
             yield
         finally:
             settle.cancel()
+            builtins.cancel()
             if installing is not None:
                 installing.cancel()
-                await asyncio.gather(installing, return_exceptions=True)
+            await asyncio.gather(builtins, *([installing] if installing else []),
+                                 return_exceptions=True)  # fmt: skip
             app.state.ready = False
+            await services.training.shutdown()  # stops job workers; their runs resume later
             await services.deployments.shutdown()
             await run_in_threadpool(services.meter.stop)  # commits every journaled record
             await services.accounts.stop()
@@ -108,6 +122,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin_accounts.router)
     app.include_router(admin_audit.router)
     app.include_router(admin_billing.router)
+    app.include_router(admin_datasets.router)
+    app.include_router(admin_runs.router)
     app.include_router(openai_router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -13,9 +13,9 @@ hashing, no SQL), checks the route's scope with a few string tests, and sets
   Bearer``; a key without the route's scope → 403; both in the route family's error shape.
 - Scopes by route (``required_scope``): inference POSTs need ``inference``; reads need only a
   valid key, except usage/invoices (``billing:read``) and the audit log and recent usage
-  (``admin``); writes need ``models:write`` (artifacts, models), ``deploy`` (deployments),
-  ``keys:write`` (tenants, keys: the routes narrow it to the key's own tenant) and
-  ``admin`` for anything else (prices, and any write route not listed here).
+  (``admin``); writes need ``models:write`` (artifacts, models, datasets, training runs),
+  ``deploy`` (deployments), ``keys:write`` (tenants, keys: the routes narrow it to the key's
+  own tenant) and ``admin`` for anything else (prices, and any write route not listed here).
 - Every ``/api`` write (including 403 refusals) is recorded in the audit log as
   ``"METHOD /route/template"`` with its status, just before the response's last bytes go out.
 """
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.api.errors import error_response
 from modelport.api.inference_paths import classify, inference_target
+from modelport.api.payperuse import fuse
 from modelport.engine.apikeys import CHALLENGE_HEADERS
 from modelport.engine.principal import (
     ADMIN,
@@ -61,6 +62,8 @@ _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _WRITE_SCOPES = {
     "artifacts": MODELS_WRITE,
     "models": MODELS_WRITE,
+    "datasets": MODELS_WRITE,
+    "runs": MODELS_WRITE,
     "deployments": DEPLOY,
     "tenants": KEYS_WRITE,
     "keys": KEYS_WRITE,
@@ -116,7 +119,9 @@ class AuthMiddleware:
         services: Services,
         openapi: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.app = app
+        # The rate-limit and metering layers directly inside run fused into this one for
+        # inference calls (``api/payperuse.py``); every other call goes straight past them.
+        self.app, self._gate = fuse(app)
         self.accounts = services.accounts
         self.audit = services.audit
         self.open_paths = _OPEN_PATHS | (
@@ -158,7 +163,8 @@ class AuthMiddleware:
         context = RequestContext(principal, request_id, _remote(scope))
         token = CURRENT.set(context)
         try:
-            scope_needed = required_scope(method, path, inference_target(scope)[0])
+            inference, model = inference_target(scope)
+            scope_needed = required_scope(method, path, inference)
             audited = method in _WRITES and path.startswith("/api/")
             if scope_needed is not None and not principal.allows(scope_needed):
                 message = f"this API key lacks the {scope_needed!r} scope"
@@ -168,6 +174,8 @@ class AuthMiddleware:
                 await response(scope, receive, send)
             elif audited:
                 await self._call_audited(scope, receive, send, context)
+            elif inference and self._gate is not None:
+                await self._gate(scope, receive, send, context, model)
             else:
                 await self.app(scope, receive, send)
         finally:

@@ -2,9 +2,10 @@
 
 Registry commands live in ``cli.models``, deployment commands in ``cli.deployments``,
 tenants, users, keys, ``whoami`` and ``audit`` in ``cli.accounts``, prices, ``usage`` and
-invoices in ``cli.billing``. Every command but ``serve`` is a client of a running server
-(``--url``, env ``MODELPORT_URL``; the key: ``--api-key``, env ``MODELPORT_API_KEY``, or
-the admin key file ``<data dir>/admin.key``).
+invoices in ``cli.billing``, datasets, trainers, ``train`` and runs in ``cli.training``.
+Every command but ``serve`` is a client of a running server (``--url``, env
+``MODELPORT_URL``; the key: ``--api-key``, env ``MODELPORT_API_KEY``, or the admin key file
+``<data dir>/admin.key``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from modelport.cli import (
     load_json_arg,
     models,
     output,
+    training,
 )
 from modelport.client import DEFAULT_URL
 from modelport.errors import InvalidInput
@@ -49,6 +51,10 @@ app.command("audit")(accounts.audit)
 app.add_typer(billing.prices_app, name="prices")
 app.command("usage")(billing.usage)
 app.add_typer(billing.invoices_app, name="invoices")
+app.add_typer(training.datasets_app, name="datasets")
+app.add_typer(training.trainers_app, name="trainers")
+app.command("train")(training.train)
+app.add_typer(training.runs_app, name="runs")
 
 
 class LogLevel(StrEnum):

@@ -27,6 +27,7 @@ from modelport.client.core import (
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
 from modelport.client.tenancy_async import AsyncTenancyMixin
+from modelport.client.training_async import AsyncTrainingMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
     ArtifactInfo,
@@ -43,11 +44,11 @@ T = TypeVar("T")
 _DONE = b""
 
 
-class AsyncClient(AsyncTenancyMixin):
+class AsyncClient(AsyncTenancyMixin, AsyncTrainingMixin):
     """An asyncio connection to a modelport server; ``async with`` it or ``await aclose()``.
 
     The API key is found as in ``Client``; tenancy and billing methods come from
-    ``AsyncTenancyMixin``.
+    ``AsyncTenancyMixin``, datasets, trainers and runs from ``AsyncTrainingMixin``.
     """
 
     def __init__(

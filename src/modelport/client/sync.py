@@ -27,6 +27,7 @@ from modelport.client.core import (
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
 from modelport.client.tenancy_sync import TenancyMixin
+from modelport.client.training_sync import TrainingMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
     ArtifactInfo,
@@ -41,7 +42,7 @@ from modelport.types.admin import (
 T = TypeVar("T")
 
 
-class Client(TenancyMixin):
+class Client(TenancyMixin, TrainingMixin):
     """A connection to a modelport server; use it as a context manager or ``close()`` it.
 
     Every error the server reports is raised as the same ``modelport.errors`` class the
@@ -50,7 +51,8 @@ class Client(TenancyMixin):
 
     The API key, sent as ``Authorization: Bearer``, is ``api_key`` when given (``""`` sends
     none), else ``MODELPORT_API_KEY``, else the file ``<data_dir>/admin.key``
-    (``client.auth``). Tenancy and billing methods come from ``TenancyMixin``.
+    (``client.auth``). Tenancy and billing methods come from ``TenancyMixin``; datasets,
+    trainers and runs from ``TrainingMixin``.
     """
 
     def __init__(

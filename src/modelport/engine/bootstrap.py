@@ -1,4 +1,4 @@
-"""First start: build the bundled demo models and deploy them.
+"""First start: build the bundled demo models and deploy them; register the built-in datasets.
 
 Runs once per data dir (a marker file remembers it), so a user who deletes the demo models
 does not get them back on the next start.
@@ -115,6 +115,27 @@ async def _install_text_demo(services: Services, demo: TextDemo) -> None:
             {"model": demo.name, "replicas": 1, "options": demo.options, **batching}
         )
     )
+
+
+def install_builtin_datasets(services: Services) -> asyncio.Task[list[str]]:
+    """scikit-learn's bundled sets as platform-owned datasets every tenant sees (once each).
+
+    Runs in the background (importing scikit-learn takes seconds); dataset reads wait for it.
+    A start after the first finds them all present and only runs one query.
+    """
+    services.datasets.expect_builtins()
+    return asyncio.create_task(_install_builtin_datasets(services))
+
+
+async def _install_builtin_datasets(services: Services) -> list[str]:
+    try:
+        installed = await asyncio.to_thread(services.datasets.install_builtins)
+    except Exception:  # training on uploads still works: say so loudly, keep serving
+        log.exception("the built-in datasets could not be registered")
+        return []
+    if installed:
+        log.info("built-in datasets registered: %s", ", ".join(installed))
+    return installed
 
 
 async def _publish(services: Services, name: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelport.backends.base import Backend
+from modelport.backends.jobs import LocalJobRunner
 from modelport.backends.local import LocalBackend
 from modelport.engine.accounts import AccountService
 from modelport.engine.audit import AuditLog
 from modelport.engine.billing import BillingService
+from modelport.engine.datasets import DatasetService
 from modelport.engine.deployments import DeploymentManager
 from modelport.engine.inference import InferenceService
 from modelport.engine.llm import LLMService
@@ -21,6 +23,9 @@ from modelport.engine.models import ModelService
 from modelport.engine.pricing import PriceBook
 from modelport.engine.ratelimit import RateLimiter
 from modelport.engine.registry import Registry
+from modelport.engine.run_records import RunRecords
+from modelport.engine.training import TrainingService
+from modelport.engine.training_jobs import EventHub, JobScheduler
 from modelport.engine.usage import UsageHub
 from modelport.observability.metrics import Metrics
 from modelport.settings import Settings
@@ -47,6 +52,8 @@ class Services:
     prices: PriceBook
     meter: Meter
     billing: BillingService
+    datasets: DatasetService
+    training: TrainingService
 
     def close(self) -> None:
         self.database.dispose()
@@ -72,6 +79,8 @@ def build_services(settings: Settings) -> Services:
     meter = Meter(settings, database, prices, tenant_budgets=accounts.tenant_limits)
     if settings.metering:
         usage.subscribe(meter.on_event)  # one usage record per answered request
+    models = ModelService(settings, registry, artifacts)
+    datasets = DatasetService(database, artifacts)
     return Services(
         settings=settings,
         database=database,
@@ -81,7 +90,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         deployments=deployments,
         inference=inference,
-        models=ModelService(settings, registry, artifacts),
+        models=models,
         usage=usage,
         llm=LLMService(settings, deployments, inference, backend, usage, metrics),
         accounts=accounts,
@@ -90,4 +99,21 @@ def build_services(settings: Settings) -> Services:
         prices=prices,
         meter=meter,
         billing=BillingService(database, prices, meter),
+        datasets=datasets,
+        training=_training(settings, database, registry, models, datasets, artifacts),
     )
+
+
+def _training(
+    settings: Settings,
+    database: Database,
+    registry: Registry,
+    models: ModelService,
+    datasets: DatasetService,
+    artifacts: ArtifactStore,
+) -> TrainingService:
+    """The training service: runs in the database, jobs in local worker processes."""
+    records = RunRecords(database)
+    hub = EventHub()
+    scheduler = JobScheduler(settings, records, datasets, models, artifacts, LocalJobRunner(), hub)
+    return TrainingService(settings, records, datasets, registry, scheduler, hub)

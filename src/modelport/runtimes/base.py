@@ -32,6 +32,7 @@ RUNTIMES: dict[str, str] = {
     "torch": "modelport.runtimes.torch:TorchRuntime",
     "gguf": "modelport.runtimes.gguf:GgufRuntime",
     "transformers": "modelport.runtimes.transformers:TransformersRuntime",
+    "trained": "modelport.runtimes.trained:TrainedRuntime",
 }
 
 

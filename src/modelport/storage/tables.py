@@ -4,6 +4,9 @@ Registry: ``models``, ``model_versions``, ``aliases``, ``model_shares`` and ``de
 (the desired state of deployments, so they survive restarts). Tenancy and billing:
 ``tenants``, ``users``, ``api_keys`` (secrets only as SHA-256 hashes), ``prices`` (versioned in
 time), ``usage_records`` (one per answered request, unique by request id) and ``audit_log``.
+Training: ``datasets`` (numbered versions of uploaded files, plus the built-in sets),
+``training_runs`` (one row per job and its experiment record) and ``run_events`` (its
+progress events, numbered per run).
 Money columns are ``Numeric`` read back as ``Decimal``, never floats.
 
 The same definitions run on SQLite and PostgreSQL: JSON columns use the portable ``JSON``
@@ -293,3 +296,86 @@ class AuditRow(Base):
     status: Mapped[int] = mapped_column(Integer)
     remote: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DatasetRow(Base):
+    """One immutable, numbered version of a dataset: an uploaded file and its inferred schema.
+
+    Built-in datasets (scikit-learn's bundled sets) have ``builtin`` set, no artifact and no
+    tenant; every tenant sees them.
+    """
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    format: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(255))
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(Integer)
+    # How the file was read: target column, task, text field (what training reads it with).
+    target: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    task: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    text_column: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # DatasetSchema as JSON (kind, task, target, columns, classes).
+    dataset_schema: Mapped[dict[str, Any]] = mapped_column("schema", JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RunRow(Base):
+    """One training job and its experiment record (inputs, progress, outcome).
+
+    The dataset is recorded by name, version and checksum rather than by key, so the record
+    stays readable after the dataset is deleted.
+    """
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    register_model: Mapped[bool] = mapped_column(Boolean, default=True)
+    dataset: Mapped[str] = mapped_column(String(128))
+    dataset_version: Mapped[int] = mapped_column(Integer)
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    trainer: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    preprocessing: Mapped[dict[str, Any]] = mapped_column(JSON)
+    split: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(Integer)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    code_version: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RunEventRow(Base):
+    """One progress event of a run (status change, epoch, log line, metrics), numbered."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
