@@ -61,6 +61,59 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Limit for reading a new artifact's signature."
     )
 
+    # Where replicas run (``engine.services`` picks the backend; ``backends.ray`` for Ray).
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: worker processes on this machine; ray: actors on a Ray cluster.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description=(
+            "Ray cluster to join (host:port of its head, or 'auto'); unset: RAY_ADDRESS, else "
+            "a new single-node Ray started inside the server."
+        ),
+    )
+    ray_namespace: str = Field(default="modelport", description="Ray namespace of the actors.")
+    ray_replica_cpus: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "CPUs each replica actor reserves in Ray's scheduler. 0 packs replicas anywhere "
+            "(like the local backend); 1 spreads them over a cluster by free CPUs."
+        ),
+    )
+    ray_connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long joining the Ray cluster may take."
+    )
+
+    # Autoscaling and memory (``engine.autoscaler``, ``engine.model_memory``).
+    autoscale_tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the autoscaler looks at deployments."
+    )
+    autoscale_window_s: float = Field(
+        default=5.0, gt=0, le=600, description="Look-back window for the average load."
+    )
+    cold_start_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a request to a deployment at zero replicas waits for one (503).",
+    )
+    memory_budget_mb: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Resident memory all model replicas on this node may use (0: no limit); past it "
+            "the least recently used idle, unpinned models are unloaded."
+        ),
+    )
+    model_memory_estimate_mb: float = Field(
+        default=100.0,
+        ge=0,
+        description=(
+            "A worker's memory before its model is measured: this plus twice the artifact size."
+        ),
+    )
+
     # Large models (OpenAI API, ``engine.llm``).
     demo_text_models: bool = Field(
         default=True,
@@ -145,6 +198,14 @@ class Settings(BaseSettings):
     )
     training_threads: int = Field(
         default=0, ge=0, description="CPU threads per training job (0: all cores)."
+    )
+    training_prestart: bool = Field(
+        default=True,
+        description=(
+            "Keep one job worker started ahead, its imports (torch, scikit-learn...) done, "
+            "for the next training job (started when a job ends; it saves the next job "
+            "seconds); off: each job starts its worker from scratch."
+        ),
     )
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -1,8 +1,9 @@
 """Training jobs across server restarts: a killed server's job resumes from its checkpoint, a
-stopped server stops its job workers."""
+stopped server stops its job workers (and its warm spare); the spare takes the next job."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,19 +21,37 @@ def _client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=dict(AUTH), timeout=120)
 
 
-def _workers_of(workdir: Path) -> list[int]:
-    """Pids of job worker processes running on ``workdir``."""
-    pids = []
+def _job_workers() -> dict[int, tuple[int, list[bytes], str]]:
+    """Job worker processes: pid → (parent pid, argv, where its stderr goes)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            if b"modelport.training.job_worker" in argv:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(proc.name)] = (ppid, argv, os.readlink(proc / "fd" / "2"))
+        except (OSError, ValueError, IndexError):
             continue
-        if b"modelport.training.job_worker" in argv and str(workdir).encode() in argv:
-            pids.append(int(proc.name))
-    return pids
+    return found
+
+
+def _workers_of(workdir: Path) -> list[int]:
+    """Pids of job worker processes running on ``workdir``: started for it (it is in their
+    argv) or a warm spare that took it (its stderr is the job's log)."""
+    return [
+        pid
+        for pid, (_, argv, stderr) in _job_workers().items()
+        if str(workdir).encode() in argv or stderr.startswith(str(workdir) + os.sep)
+    ]
+
+
+def _spares(server: ServerProcess) -> list[int]:
+    """The server's warm job workers."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    return [p for p, (pp, argv, _) in _job_workers().items() if pp == parent and b"--spare" in argv]
 
 
 def _wait_gone(workdir: Path, timeout: float = 30.0) -> None:
@@ -95,3 +114,37 @@ def test_stopping_the_server_stops_its_job_workers(tmp_path: Path) -> None:
             assert wait_run(client, run["id"], timeout=60)["status"] == "cancelled"
     finally:
         server.stop()
+
+
+def test_the_warm_spare_takes_the_next_job_and_stops_with_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, demo=False).start()
+    spares: list[int] = []
+    try:
+        with _client(server) as client:
+            assert _spares(server) == []  # none at server start: the first job is cold
+            body = {"dataset": "iris", "trainer": "logistic_regression", "model_name": "iris-lr",
+                    "register_model": False}  # fmt: skip
+            first = wait_run(client, start_run(client, **body)["id"])
+            assert first["status"] == "succeeded", first
+            log = (data / "training" / str(first["id"]) / "job.log").read_text()
+            assert "a warm spare" not in log
+            deadline = time.monotonic() + 120  # one is started as that job ends
+            while not (spares := _spares(server)):
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.1)
+            (spare,) = spares
+            second = wait_run(client, start_run(client, **body)["id"])
+            assert second["status"] == "succeeded", second
+            log = (data / "training" / str(second["id"]) / "job.log").read_text()
+            assert f"job worker {spare}: a warm spare" in log
+            deadline = time.monotonic() + 120
+            while not (spares := [p for p in _spares(server) if p != spare]):
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.1)
+    finally:
+        server.stop()  # SIGTERM: the spare goes with the server
+    deadline = time.monotonic() + 10
+    while spares and Path(f"/proc/{spares[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spares and not Path(f"/proc/{spares[0]}").exists()

@@ -8,14 +8,14 @@ same data dir replays them into a real SQLite database.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from modelport.engine import usage_journal
+from modelport.engine import usage_journal, usage_store
 from modelport.engine.metering import Meter
 from modelport.engine.pricing import PriceBook
 from modelport.engine.usage import UsageEvent
@@ -251,3 +251,30 @@ def test_a_damaged_record_is_set_aside_and_the_others_are_billed(
     assert set(_rows(second)) == {"good-1", "good-2"}
     rejected = (data_dir / "usage-journal" / "rejected.jsonl").read_text()
     assert '"request_id":"damaged"' in rejected and "version" in rejected
+
+
+def test_the_meter_journals_rows_and_replay_reads_them_as_records(
+    data_dir: Path, meters: list[Meter]
+) -> None:
+    meter = _start(data_dir, meters)
+    meter.record(_event("r", 2, compute_ms=1.5), None)
+    line = segments(data_dir / "usage-journal")[-1][1].read_bytes().rstrip(b"\0")
+    assert line.startswith(b'["r",')  # a row in FIELDS order, not an object
+    records, _ = read(data_dir / "usage-journal")
+    assert records["r"]["output_tokens"] == 2 and records["r"]["compute_us"] == 1500
+    assert records["r"]["created_at"] == NOW.isoformat()
+
+
+def test_sqlite_times_are_what_the_orm_stores() -> None:
+    plus5 = timezone(timedelta(hours=5))
+    for when in (
+        NOW,
+        NOW.replace(microsecond=7),
+        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2027, 1, 1, 4, 0, 0, tzinfo=plus5),  # another zone, the same second as above
+        datetime(2027, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ):
+        expected = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        assert usage_store._sqlite_time(when) == expected
+    with pytest.raises(ValueError, match="timezone"):
+        usage_store._sqlite_time(datetime(2026, 1, 1))  # naive

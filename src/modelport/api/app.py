@@ -27,7 +27,9 @@ from modelport.api.admin import billing as admin_billing
 from modelport.api.admin import datasets as admin_datasets
 from modelport.api.admin import deployments as admin_deployments
 from modelport.api.admin import models as admin_models
+from modelport.api.admin import pipelines as admin_pipelines
 from modelport.api.admin import runs as admin_runs
+from modelport.api.admin import traffic as admin_traffic
 from modelport.api.admin import usage as admin_usage
 from modelport.api.auth import AuthMiddleware
 from modelport.api.errors import install_error_handlers
@@ -36,6 +38,7 @@ from modelport.api.limits import LimitsMiddleware
 from modelport.api.metering import MeteringMiddleware
 from modelport.api.openai import router as openai_router
 from modelport.api.v1 import routes as v1
+from modelport.api.v2 import repository as v2_repository
 from modelport.api.v2 import routes as v2
 from modelport.engine.bootstrap import (
     install_builtin_datasets,
@@ -77,6 +80,8 @@ def create_app(services: Services) -> FastAPI:
         # month-to-date spend, start the usage writer.
         await run_in_threadpool(services.meter.start)
         await services.deployments.restore()
+        await services.traffic.restore()  # routes and pipelines over the restored deployments
+        await services.pipelines.restore()
         # The built-in datasets (first start only) load scikit-learn: serve meanwhile (a
         # lookup of one waits for them); runs a stop interrupted are queued again.
         builtins = install_builtin_datasets(services)
@@ -115,6 +120,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(v2.router)
+    app.include_router(v2_repository.router)
     app.include_router(v1.router)
     app.include_router(admin_models.router)
     app.include_router(admin_deployments.router)
@@ -124,6 +130,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin_billing.router)
     app.include_router(admin_datasets.router)
     app.include_router(admin_runs.router)
+    app.include_router(admin_traffic.router)
+    app.include_router(admin_pipelines.router)
     app.include_router(openai_router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -65,6 +65,7 @@ _WRITE_SCOPES = {
     "datasets": MODELS_WRITE,
     "runs": MODELS_WRITE,
     "deployments": DEPLOY,
+    "pipelines": DEPLOY,
     "tenants": KEYS_WRITE,
     "keys": KEYS_WRITE,
 }
@@ -82,6 +83,8 @@ def required_scope(method: str, path: str, inference: bool | None = None) -> str
     if inference if inference is not None else classify(method, path)[0]:
         return INFERENCE
     write = method in _WRITES
+    if path.startswith("/v2/repository/"):  # V2 repository: the index is a read
+        return DEPLOY if path.endswith(("/load", "/unload")) else None
     if not path.startswith("/api/"):
         return ADMIN if write else None
     segment = path[5:].split("/", 1)[0]

@@ -23,10 +23,26 @@ _SCOPE_KEY = "modelport.inference"
 _NOT_INFERENCE: tuple[bool, str | None] = (False, None)
 
 
+# POST path -> classification: a server sees few distinct paths, so the regexes run once per
+# path, not per request (cleared when full, so odd paths cannot make it grow without bound).
+_SEEN: dict[str, tuple[bool, str | None]] = {}
+_SEEN_MAX = 4096
+
+
 def classify(method: str, path: str) -> tuple[bool, str | None]:
     """Whether ``method path`` is an inference call, and its model when the path names it."""
     if method != "POST":
         return _NOT_INFERENCE
+    found = _SEEN.get(path)
+    if found is None:
+        found = _classify_post(path)
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[path] = found
+    return found
+
+
+def _classify_post(path: str) -> tuple[bool, str | None]:
     if path in MODEL_IN_BODY:
         return True, None
     for pattern in _MODEL_IN_PATH:

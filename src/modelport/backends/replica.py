@@ -112,6 +112,7 @@ class LocalReplica(Replica):
             restarts=self.restarts,
             reason=self.reason,
             inflight=self.inflight,
+            memory_bytes=resident_bytes(self.pid) if self.state is ReplicaState.READY else None,
         )
 
     def release(self) -> None:
@@ -267,6 +268,20 @@ class LocalReplica(Replica):
 
 
 # -- process helpers ----------------------------------------------------------------------
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int | None) -> int | None:
+    """Resident memory (RSS) of process ``pid`` from ``/proc/<pid>/statm``; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        statm = Path(f"/proc/{pid}/statm").read_bytes()
+        return int(statm.split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):  # gone meanwhile, or no /proc (not Linux)
+        return None
 
 
 def worker_env(extra: dict[str, str]) -> dict[str, str] | None:

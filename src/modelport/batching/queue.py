@@ -105,6 +105,7 @@ class AdaptiveBatcher:
         self._on_batch = on_batch
         self._groups: dict[Hashable, _Group] = {}
         self._queued = 0  # requests in all groups, cancelled ones until dropped
+        self._sent = 0  # requests in batches sent to a replica and not yet answered
         self._seq = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -115,6 +116,11 @@ class AdaptiveBatcher:
     def queue_depth(self) -> int:
         """Requests waiting for a batch (not counting batches already sent)."""
         return sum(not r.future.done() for g in self._groups.values() for r in g.queue)
+
+    @property
+    def load(self) -> int:
+        """Requests in this deployment now: queued plus in sent batches (autoscaling)."""
+        return self._queued + self._sent
 
     async def submit(self, inputs: Tensors, params: dict[str, Any]) -> Tensors:
         """Queue one request and wait for its rows of the outputs."""
@@ -214,6 +220,7 @@ class AdaptiveBatcher:
         replica: Replica,
         batch: list[_Request],
     ) -> None:
+        self._sent += len(batch)
         try:
             try:
                 if len(batch) == 1:
@@ -243,6 +250,8 @@ class AdaptiveBatcher:
             ))  # fmt: skip
         except Exception as exc:
             _fail(batch, exc)
+        finally:
+            self._sent -= len(batch)
 
     # -- queue bookkeeping ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from modelport.cli import connect, output
+from modelport.cli.traffic import show_traffic
 from modelport.errors import InvalidInput
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
@@ -40,11 +41,47 @@ def deploy(
             help="Runtime option KEY=VALUE (repeatable), e.g. threads=2 or chat_template=@file.",
         ),
     ] = None,
+    min_replicas: Annotated[
+        int | None,
+        typer.Option(min=0, max=64, help="Autoscale from this many replicas (0: scale to zero)."),
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Autoscale up to this many replicas.")
+    ] = None,
+    target_inflight: Annotated[
+        float, typer.Option(min=0.001, help="Requests in flight per replica to aim for.")
+    ] = 4.0,
+    scale_down_delay: Annotated[
+        float | None, typer.Option(min=0, help="Seconds fewer replicas must suffice first.")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Idle seconds before scaling to zero.")
+    ] = None,
+    pin: Annotated[
+        bool, typer.Option("--pin", help="Never unload it to make room under the memory budget.")
+    ] = False,
+    canary: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=100,
+            help="Give --version this percent of the model's traffic (deployed as MODEL.vN).",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is ready.")] = True,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 120.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Deploy a model version (replaces the running deployment of that model)."""
+    """Deploy a model version (replaces the running deployment of that model).
+
+    With ``--canary N`` the stable deployment keeps serving and ``--version`` gets N % of the
+    requests (``modelport promote``/``rollback`` finish or undo it).
+    """
+    if canary is not None:
+        if version is None:
+            raise InvalidInput("--canary needs --version: the version to send traffic to")
+        show_traffic(ctx, name, version, canary, as_json)
+        return
     with connect(ctx) as client:
         status = client.deploy(
             name,
@@ -54,6 +91,11 @@ def deploy(
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
             options=parse_options(option or []),
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_inflight=target_inflight,
+            pinned=pin,
+            **_delays(scale_down_delay, idle_timeout),
         )
         if wait:
             with output.spinner(f"Loading {status.name} v{status.version}...", enabled=not as_json):
@@ -62,6 +104,12 @@ def deploy(
         output.print_json(status)
     else:
         output.print_deployments([status])
+
+
+def _delays(scale_down_delay: float | None, idle_timeout: float | None) -> dict[str, float]:
+    """The delay flags given (the server's defaults apply to the others)."""
+    given = {"scale_down_delay_s": scale_down_delay, "idle_timeout_s": idle_timeout}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Registry commands live in ``cli.models``, deployment commands in ``cli.deployments``,
 tenants, users, keys, ``whoami`` and ``audit`` in ``cli.accounts``, prices, ``usage`` and
-invoices in ``cli.billing``, datasets, trainers, ``train`` and runs in ``cli.training``.
+invoices in ``cli.billing``, datasets, trainers, ``train`` and runs in ``cli.training``,
+``traffic``/``canary``/``promote``/``rollback``/``shadow`` and pipelines in ``cli.traffic``.
 Every command but ``serve`` is a client of a running server (``--url``, env
 ``MODELPORT_URL``; the key: ``--api-key``, env ``MODELPORT_API_KEY``, or the admin key file
 ``<data dir>/admin.key``).
@@ -26,6 +27,7 @@ from modelport.cli import (
     load_json_arg,
     models,
     output,
+    traffic,
     training,
 )
 from modelport.client import DEFAULT_URL
@@ -55,6 +57,19 @@ app.add_typer(training.datasets_app, name="datasets")
 app.add_typer(training.trainers_app, name="trainers")
 app.command("train")(training.train)
 app.add_typer(training.runs_app, name="runs")
+app.command("traffic")(traffic.traffic)
+app.command("canary")(traffic.canary)
+app.command("promote")(traffic.promote)
+app.command("rollback")(traffic.rollback)
+app.command("shadow")(traffic.shadow)
+app.add_typer(traffic.pipelines_app, name="pipelines")
+
+
+class BackendName(StrEnum):
+    """Values of ``serve --backend`` (``Settings.backend``)."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 class LogLevel(StrEnum):
@@ -150,6 +165,13 @@ def serve(
         bool | None, typer.Option("--demo/--no-demo", help="Deploy the bundled demo models.")
     ] = None,
     log_level: Annotated[LogLevel | None, typer.Option(case_sensitive=False)] = None,
+    backend: Annotated[
+        BackendName | None,
+        typer.Option(case_sensitive=False, help="Where replicas run: local processes or Ray."),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray head to join (host:port or 'auto'); --backend ray.")
+    ] = None,
 ) -> None:
     """Run the modelport server in the foreground (options override MODELPORT_* env)."""
     overrides: dict[str, Any] = {
@@ -158,6 +180,8 @@ def serve(
         "data_dir": data_dir,
         "demo_models": demo,
         "log_level": log_level.value if log_level is not None else None,
+        "backend": backend.value if backend is not None else None,
+        "ray_address": ray_address,
     }
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})

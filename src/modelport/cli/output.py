@@ -44,6 +44,7 @@ _STATE_STYLE = {
     DeploymentState.LOADING: "yellow",
     DeploymentState.FAILED: "red",
     DeploymentState.STOPPED: "dim",
+    DeploymentState.IDLE: "cyan",
 }
 
 
@@ -184,20 +185,37 @@ def print_deployments(deployments: Sequence[DeploymentStatus]) -> None:
         return
     table = Table(title="Deployments")
     table.add_column("Deployment", no_wrap=True)
-    for header in ("Model", "State", "Replicas", "Batch", "Wait ms", "Queue", "Reason"):
+    headers = ("Model", "State", "Replicas", "Batch", "Wait ms", "Queue", "Memory", "Reason")
+    for header in headers:
         table.add_column(header)
     for dep in deployments:
         table.add_row(
             dep.name,
             f"{dep.model} v{dep.version} ({dep.runtime})",
             Text(str(dep.state), style=_STATE_STYLE.get(dep.state, "")),
-            f"{dep.ready_replicas}/{dep.replicas}",
+            _replicas(dep),
             str(dep.max_batch_size),
             f"{dep.max_latency_ms:g}",
             str(dep.queue_depth),
+            _size(dep.memory_bytes) if dep.memory_bytes else "",
             dep.reason or "",
         )
     _out().print(table)
+    for dep in deployments:
+        if dep.decisions and dep.autoscaling:
+            last = dep.decisions[-1]
+            _out().print(
+                Text(f"{dep.name}: {last.replicas_from}→{last.replicas_to} {last.reason}",
+                     style="dim")
+            )  # fmt: skip
+
+
+def _replicas(dep: DeploymentStatus) -> str:
+    """``ready/asked``, the autoscaling bounds and a pin mark."""
+    text = f"{dep.ready_replicas}/{dep.replicas}"
+    if dep.autoscaling:
+        text += f" [{dep.min_replicas}-{dep.max_replicas}]"
+    return text + (" pinned" if dep.pinned else "")
 
 
 def print_status(status: ServerStatus) -> None:

@@ -27,6 +27,7 @@ from modelport.client.core import (
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
 from modelport.client.tenancy_async import AsyncTenancyMixin
+from modelport.client.traffic import AsyncTrafficMixin
 from modelport.client.training_async import AsyncTrainingMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
@@ -44,7 +45,7 @@ T = TypeVar("T")
 _DONE = b""
 
 
-class AsyncClient(AsyncTenancyMixin, AsyncTrainingMixin):
+class AsyncClient(AsyncTenancyMixin, AsyncTrainingMixin, AsyncTrafficMixin):
     """An asyncio connection to a modelport server; ``async with`` it or ``await aclose()``.
 
     The API key is found as in ``Client``; tenancy and billing methods come from
@@ -175,8 +176,19 @@ class AsyncClient(AsyncTenancyMixin, AsyncTrainingMixin):
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
         options: Mapping[str, Any] | None = None,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+        target_inflight: float = 4.0,
+        pinned: bool = False,
+        **scaling: Any,
     ) -> DeploymentStatus:
-        """Start serving a model version (newest unless ``version`` or ``alias`` is given)."""
+        """Start serving a model version (newest unless ``version`` or ``alias`` is given).
+
+        ``min_replicas``/``max_replicas`` turn autoscaling on (``min_replicas=0``: scale to
+        zero when idle); ``pinned`` keeps it loaded under the memory budget. ``scaling``
+        takes the other ``DeploySpec`` fields (``scale_up_delay_s``, ``scale_down_delay_s``,
+        ``idle_timeout_s``).
+        """
         call = self._core.deploy(
             model,
             version=version,
@@ -185,6 +197,11 @@ class AsyncClient(AsyncTenancyMixin, AsyncTrainingMixin):
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
             options=options,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_inflight=target_inflight,
+            pinned=pinned,
+            **scaling,
         )
         return await self._send(call)
 

@@ -112,6 +112,17 @@ def _dumps(body: Any) -> bytes:
         raise errors.InvalidInput(f"request body is not JSON-serializable: {exc}") from None
 
 
+_SCALING_FIELDS = frozenset(
+    {"min_replicas", "max_replicas", "target_inflight", "scale_up_delay_s",
+     "scale_down_delay_s", "idle_timeout_s", "pinned"}
+)  # fmt: skip
+
+
+def _at_default(spec: DeploySpec, name: str) -> bool:
+    default = DeploySpec.model_fields[name].get_default(call_default_factory=True)
+    return bool(getattr(spec, name) == default)
+
+
 # --- readiness ----------------------------------------------------------------------------
 
 
@@ -123,6 +134,8 @@ def is_ready(status: DeploymentStatus, *, all_replicas: bool = True) -> bool:
     """
     if status.state == DeploymentState.READY:
         return not all_replicas or status.ready_replicas >= status.replicas
+    if status.state == DeploymentState.IDLE:  # at zero replicas: the next request starts one
+        return True
     if status.state == DeploymentState.FAILED:
         raise errors.ModelLoadError(
             f"deployment {status.name!r} failed: {status.reason or 'no reason given'}",
@@ -251,8 +264,17 @@ class ClientCore(AccountCalls, BillingCalls):
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
         options: Mapping[str, Any] | None = None,
+        **scaling: Any,
     ) -> Call[DeploymentStatus]:
-        """``POST /api/deployments``; bad values fail here, before any request."""
+        """``POST /api/deployments``; bad values fail here, before any request.
+
+        ``scaling``: the autoscaling and memory fields of ``DeploySpec`` (``min_replicas``,
+        ``max_replicas``, ``target_inflight``, ``scale_up_delay_s``, ``scale_down_delay_s``,
+        ``idle_timeout_s``, ``pinned``).
+        """
+        unknown = sorted(set(scaling) - _SCALING_FIELDS)
+        if unknown:
+            raise TypeError(f"deploy() got unexpected keyword argument(s) {unknown}")
         spec = validated_body(
             DeploySpec,
             {
@@ -263,10 +285,11 @@ class ClientCore(AccountCalls, BillingCalls):
                 "max_batch_size": max_batch_size,
                 "max_latency_ms": max_latency_ms,
                 "options": dict(options or {}),
+                **scaling,
             },
         )
-        # No options: send none, as clients did before options existed.
-        exclude = None if spec.options else {"options"}
+        # Fields left at their defaults are not sent, as clients did before they existed.
+        exclude = {name for name in ("options", *_SCALING_FIELDS) if _at_default(spec, name)}
         return json_call("POST", "/api/deployments", spec, DeploymentStatus, exclude=exclude)
 
     def scale(self, name: str, replicas: int) -> Call[DeploymentStatus]:

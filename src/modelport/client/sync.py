@@ -27,6 +27,7 @@ from modelport.client.core import (
 from modelport.client.files import ArtifactFile, Progress, check_uploaded, iter_file
 from modelport.client.responses import transport_error
 from modelport.client.tenancy_sync import TenancyMixin
+from modelport.client.traffic import TrafficMixin
 from modelport.client.training_sync import TrainingMixin
 from modelport.errors import ModelportError
 from modelport.types.admin import (
@@ -42,7 +43,7 @@ from modelport.types.admin import (
 T = TypeVar("T")
 
 
-class Client(TenancyMixin, TrainingMixin):
+class Client(TenancyMixin, TrainingMixin, TrafficMixin):
     """A connection to a modelport server; use it as a context manager or ``close()`` it.
 
     Every error the server reports is raised as the same ``modelport.errors`` class the
@@ -180,8 +181,19 @@ class Client(TenancyMixin, TrainingMixin):
         max_batch_size: int = 1,
         max_latency_ms: float = 5.0,
         options: Mapping[str, Any] | None = None,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+        target_inflight: float = 4.0,
+        pinned: bool = False,
+        **scaling: Any,
     ) -> DeploymentStatus:
-        """Start serving a model version (newest unless ``version`` or ``alias`` is given)."""
+        """Start serving a model version (newest unless ``version`` or ``alias`` is given).
+
+        ``min_replicas``/``max_replicas`` turn autoscaling on (``min_replicas=0``: scale to
+        zero when idle); ``pinned`` keeps it loaded under the memory budget. ``scaling``
+        takes the other ``DeploySpec`` fields (``scale_up_delay_s``, ``scale_down_delay_s``,
+        ``idle_timeout_s``).
+        """
         call = self._core.deploy(
             model,
             version=version,
@@ -190,6 +202,11 @@ class Client(TenancyMixin, TrainingMixin):
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
             options=options,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_inflight=target_inflight,
+            pinned=pinned,
+            **scaling,
         )
         return self._send(call)
 

@@ -59,12 +59,14 @@ class SpendTracker:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.month_start, self.month_end = month_bounds(clock())
+        self.month_end_ts = self.month_end.timestamp()  # for a check against time.time()
         self.tenants: dict[int, Decimal] = {}
         self.keys: dict[int, Decimal] = {}
 
     def load(self, database: Database) -> None:
         """Sum this month's usage records by tenant and key."""
         self.month_start, self.month_end = month_bounds(self._clock())
+        self.month_end_ts = self.month_end.timestamp()
         tenants: dict[int, Decimal] = {}
         keys: dict[int, Decimal] = {}
         query = (
@@ -85,6 +87,7 @@ class SpendTracker:
         """Start a new month at zero when ``now`` is past this one."""
         if now >= self.month_end:
             self.month_start, self.month_end = month_bounds(now)
+            self.month_end_ts = self.month_end.timestamp()
             self.tenants, self.keys = {}, {}
 
     def add(self, tenant_id: int | None, key_id: int | None, cost: Decimal, at: datetime) -> None:

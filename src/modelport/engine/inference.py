@@ -4,6 +4,9 @@ V2 and V1 routes (and later OpenAI routes) call this; it knows no HTTP. Inputs a
 against the version's signature *before* batching, so one caller's bad tensor can never fail
 a batch shared with others.
 
+Routes (``engine/routing.py``): a model name with a traffic split or a pipeline resolves
+through its ``Route``; a name without one costs one dict lookup that misses.
+
 Metering: ``infer`` adds the request's share of its batch's model time to the request
 context, and the routes call ``answered`` once their response is encoded, which emits the
 request's one ``UsageEvent`` (a request that failed emits none).
@@ -19,6 +22,7 @@ import numpy as np
 
 from modelport.engine.deployments import Deployment, DeploymentManager
 from modelport.engine.principal import CURRENT
+from modelport.engine.routing import RouteTable, Target
 from modelport.engine.usage import UsageEvent, UsageHub, add_compute_ms, take_compute_ms
 from modelport.errors import VersionNotFound
 from modelport.runtimes.base import Tensors, validate_inputs
@@ -27,12 +31,22 @@ from modelport.runtimes.base import Tensors, validate_inputs
 class InferenceService:
     """Run inference requests against live deployments."""
 
-    def __init__(self, deployments: DeploymentManager, usage: UsageHub | None = None) -> None:
+    def __init__(
+        self,
+        deployments: DeploymentManager,
+        usage: UsageHub | None = None,
+        routes: RouteTable | None = None,
+    ) -> None:
         self._deployments = deployments
         self._usage = usage
+        self.routes = routes if routes is not None else RouteTable()
+        self._routes = self.routes.routes  # the dict itself: one lookup per request
 
-    def resolve(self, model: str, version: str | None = None) -> Deployment:
-        """The deployment answering for ``model`` (and ``version``, when given)."""
+    def resolve(self, model: str, version: str | None = None) -> Target:
+        """The target answering for ``model`` (and ``version``, when given)."""
+        route = self._routes.get(model)
+        if route is not None:
+            return route.target(version)
         live = self._deployments.get(model)
         if version is not None and version != str(live.record.version):
             raise VersionNotFound(
@@ -44,13 +58,19 @@ class InferenceService:
 
     async def infer(
         self,
-        live: Deployment,
+        live: Target,
         inputs: Mapping[str, np.ndarray],
         params: dict[str, Any] | None = None,
         *,
         cast: bool = False,
     ) -> Tensors:
-        """Validate ``inputs`` against the deployed signature and run them through the batcher."""
+        """Validate ``inputs`` against the deployed signature and run them through the batcher.
+
+        A routed target (a shadowed split, a pipeline) runs the request itself, calling back
+        here for each deployment it uses.
+        """
+        if not isinstance(live, Deployment):  # a plain class: a cheap check on the hot path
+            return await live.run(self._infer_sub, inputs, params, cast)
         checked = validate_inputs(live.version.signature, inputs, cast=cast)
         # The batcher checks the rows (axis 0) agree and are not empty; deadlines are kept
         # per batch there too (one timer per batch, not per request).
@@ -58,7 +78,16 @@ class InferenceService:
         add_compute_ms(compute_ms)
         return outputs
 
-    def answered(self, live: Deployment, inputs: Mapping[str, np.ndarray]) -> None:
+    async def _infer_sub(
+        self,
+        live: Target,
+        inputs: Mapping[str, np.ndarray],
+        params: dict[str, Any] | None,
+        cast: bool,
+    ) -> Tensors:
+        return await self.infer(live, inputs, params, cast=cast)
+
+    def answered(self, live: Target, inputs: Mapping[str, np.ndarray]) -> None:
         """Emit the usage event of one answered V2/V1 request (call once it is encoded)."""
         if self._usage is None:
             return
@@ -69,7 +98,7 @@ class InferenceService:
         self._usage.emit(
             UsageEvent(
                 request_id or uuid.uuid4().hex,
-                live.record.name,
+                live.record.model,  # a version deployment (``iris.v3``) bills as its model
                 live.record.version,
                 "inference",
                 0,

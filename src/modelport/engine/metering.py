@@ -41,7 +41,7 @@ from modelport.engine.budgets import BudgetLookup, SpendTracker, TenantBudgets
 from modelport.engine.pricing import ZERO, PriceBook, utcnow
 from modelport.engine.principal import CURRENT, Principal, RequestContext
 from modelport.engine.usage import STREAM_SNAPSHOT, UsageEvent
-from modelport.engine.usage_journal import Record, UsageJournal, read
+from modelport.engine.usage_journal import Entry, Row, UsageJournal, read
 from modelport.engine.usage_store import UsageStore
 from modelport.errors import QuotaExceeded
 from modelport.settings import Settings
@@ -85,7 +85,7 @@ class Meter:
         self._tenant_budget = tenant_budgets
         self._flush_s = settings.metering_flush_ms / 1000.0
         self._refresh_s = settings.metering_tenant_refresh_s
-        self._unsaved: list[Record] = []
+        self._unsaved: list[Entry] = []
         self._flush_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,7 +153,7 @@ class Meter:
             self.journal.release()
             return len(batch)
 
-    def _write(self, records: list[Record]) -> None:
+    def _write(self, records: list[Entry]) -> None:
         self._store.insert(records)
 
     def _run(self) -> None:
@@ -182,10 +182,12 @@ class Meter:
         elif self.journal.is_open:  # not behind the middleware: an in-process caller
             self.record(event, None if context is None else context.principal)
 
-    def record(
-        self, event: UsageEvent, principal: Principal | None, *, final: bool = True
-    ) -> Record:
-        """Price ``event`` and journal it (a final record, or a stream's snapshot)."""
+    def record(self, event: UsageEvent, principal: Principal | None, *, final: bool = True) -> Row:
+        """Price ``event`` and journal it (a final record, or a stream's snapshot).
+
+        The record is a ``Row`` (``usage_journal.FIELDS`` order): the journal line is that
+        tuple as JSON and the writer inserts it as it is, so no dict is built per request.
+        """
         tenant_id = event.tenant_id
         key_id = event.key_id
         if tenant_id is None and principal is not None:
@@ -193,35 +195,25 @@ class Meter:
             if key_id is None:
                 key_id = principal.key_id
         compute_us = round(event.compute_ms * 1000.0)
-        sheet = self.prices.price_at(event.model, event.created)
+        created = event.created
+        sheet = self.prices.price_at(event.model, created)
         if sheet is None:
             cost = ZERO
+            price_id = None
         else:
             cost = sheet.cost(
                 event.requests, event.prompt_tokens, event.completion_tokens, compute_us
             )
-        record: Record = {
-            "request_id": event.request_id,
-            "tenant_id": tenant_id,
-            "key_id": key_id,
-            "model": event.model,
-            "version": event.version,
-            "kind": event.kind,
-            "requests": event.requests,
-            "rows": event.rows,
-            "input_tokens": event.prompt_tokens,
-            "output_tokens": event.completion_tokens,
-            "compute_us": compute_us,
-            "streamed": event.streamed,
-            "finished": event.finished,
-            "price_id": None if sheet is None else sheet.id,
-            "cost": str(cost),
-            "created_at": event.created,
-        }
-        self.journal.append(record, final=final)
-        if final:
-            self.spend.add(tenant_id, key_id, cost, event.created)
-        return record
+            price_id = sheet.id
+        row = (
+            event.request_id, tenant_id, key_id, event.model, event.version, event.kind,
+            event.requests, event.rows, event.prompt_tokens, event.completion_tokens,
+            compute_us, event.streamed, event.finished, price_id, str(cost), created,
+        )  # fmt: skip
+        self.journal.append_row(row, final=final)
+        if final and cost:
+            self.spend.add(tenant_id, key_id, cost, created)
+        return row
 
     # -- the middleware's hooks ---------------------------------------------------------------
 
@@ -260,10 +252,14 @@ class Meter:
 
     def check_budget(self, principal: Principal) -> None:
         """Raise ``QuotaExceeded`` if the caller's tenant or key spent its monthly budget."""
-        now = self._clock()
         spend = self.spend
-        if now >= spend.month_end:
-            spend.roll(now)
+        if self._clock is utcnow:  # the wall clock: a float comparison, no datetime per call
+            if time.time() >= spend.month_end_ts:
+                spend.roll(self._clock())
+        else:
+            now = self._clock()
+            if now >= spend.month_end:
+                spend.roll(now)
         tenant = self._tenant_budget(principal.tenant_id)
         if tenant is not None and tenant.monthly_budget is not None:
             spent = spend.tenant(principal.tenant_id)

@@ -212,9 +212,8 @@ class RateLimiter:
         return bool(self._model_rpm or self._model_tpm)
 
     def _limits(
-        self, principal: Principal, model: str | None
+        self, principal: Principal, model: str | None, tenant: Limits | None
     ) -> list[tuple[BucketKey, int | None, int | None]]:
-        tenant = self.tenant_limits(principal.tenant_id)
         tenant_rpm, tenant_tpm = (None, None) if tenant is None else (tenant.rpm, tenant.tpm)
         found: list[tuple[BucketKey, int | None, int | None]] = [
             (("key", principal.key_id), principal.rpm, principal.tpm),
@@ -249,8 +248,16 @@ class RateLimiter:
         Returns the ``x-ratelimit-*`` headers for the response (empty when no limit applies).
         Nothing is taken when the call is refused.
         """
+        tenant = self.tenant_limits(principal.tenant_id)
+        if (
+            principal.rpm is None
+            and principal.tpm is None
+            and (tenant is None or (tenant.rpm is None and tenant.tpm is None))
+            and (model is None or not (self._model_rpm or self._model_tpm))
+        ):
+            return {}  # no limit applies to this call: no bucket, no headers
         now = self._clock() if now is None else now
-        limits = self._limits(principal, model)
+        limits = self._limits(principal, model, tenant)
         refusal: RateLimited | None = None
         with self._lock:
             requests: list[tuple[BucketKey, _Bucket]] = []

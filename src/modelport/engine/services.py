@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from modelport.backends.base import Backend
 from modelport.backends.jobs import LocalJobRunner
 from modelport.backends.local import LocalBackend
+from modelport.backends.ray.backend import RayBackend
 from modelport.engine.accounts import AccountService
 from modelport.engine.audit import AuditLog
 from modelport.engine.billing import BillingService
@@ -20,10 +21,14 @@ from modelport.engine.inference import InferenceService
 from modelport.engine.llm import LLMService
 from modelport.engine.metering import Meter
 from modelport.engine.models import ModelService
+from modelport.engine.pipelines import PipelineService
 from modelport.engine.pricing import PriceBook
 from modelport.engine.ratelimit import RateLimiter
 from modelport.engine.registry import Registry
+from modelport.engine.routing import RouteTable
 from modelport.engine.run_records import RunRecords
+from modelport.engine.traffic import TrafficService
+from modelport.engine.traffic_records import TrafficRecords
 from modelport.engine.training import TrainingService
 from modelport.engine.training_jobs import EventHub, JobScheduler
 from modelport.engine.usage import UsageHub
@@ -54,6 +59,8 @@ class Services:
     billing: BillingService
     datasets: DatasetService
     training: TrainingService
+    traffic: TrafficService
+    pipelines: PipelineService
 
     def close(self) -> None:
         self.database.dispose()
@@ -66,11 +73,12 @@ def build_services(settings: Settings) -> Services:
     database = Database(settings.db_url)
     artifacts = LocalArtifactStore(settings.artifacts_root)
     registry = Registry(database, artifacts)
-    backend = LocalBackend(settings)
+    backend = _backend(settings)
     metrics = Metrics()
     deployments = DeploymentManager(settings, registry, artifacts, backend, metrics)
     usage = UsageHub(settings.usage_recent_events, metrics.registry)
-    inference = InferenceService(deployments, usage)
+    routes = RouteTable()  # traffic splits and pipelines: model names served by several
+    inference = InferenceService(deployments, usage, routes)
     accounts = AccountService(database)
     # Tenant rpm/tpm come from the accounts' in-memory table (no SQL per request).
     limits = RateLimiter.from_settings(settings, accounts.tenant_limits)
@@ -92,7 +100,7 @@ def build_services(settings: Settings) -> Services:
         inference=inference,
         models=models,
         usage=usage,
-        llm=LLMService(settings, deployments, inference, backend, usage, metrics),
+        llm=LLMService(settings, deployments, inference, deployments.backend, usage, metrics),
         accounts=accounts,
         audit=AuditLog(database),
         limits=limits,
@@ -101,7 +109,18 @@ def build_services(settings: Settings) -> Services:
         billing=BillingService(database, prices, meter),
         datasets=datasets,
         training=_training(settings, database, registry, models, datasets, artifacts),
+        traffic=TrafficService(
+            settings, registry, deployments, routes, TrafficRecords(database), metrics
+        ),
+        pipelines=PipelineService(database, registry, deployments, routes, inference.resolve),
     )
+
+
+def _backend(settings: Settings) -> Backend:
+    """Where replicas run: worker processes here, or actors on a Ray cluster."""
+    if settings.backend == "ray":
+        return RayBackend(settings)  # Ray itself is imported when it joins the cluster
+    return LocalBackend(settings)
 
 
 def _training(

@@ -8,7 +8,10 @@ flush measured ~17 µs per record, against ~7 µs this way, and the writer threa
 GIL meanwhile; at ~10,000 requests/s that is ~17 % against ~7 % of the event loop's core.
 The conversions done here are those of the column types in ``storage.tables``
 (``UTCDateTime`` stores naive UTC text on SQLite, ``Numeric`` a float there), and the tests
-read the rows back through the ORM to hold them to it.
+read the rows back through the ORM to hold them to it. The meter hands over ``Row``s (values
+in journal order, already of the right Python types), which only need the few fields that
+differ on SQLite swapped (~1 µs); records read back from the journal (replay) are dicts and are
+checked field by field.
 
 A record that the database refuses, or that cannot be converted (a damaged journal line,
 a bug), must not block the others: the batch is retried row by row and such records go to
@@ -27,7 +30,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
-from modelport.engine.usage_journal import Record, encode
+from modelport.engine.usage_journal import Entry, Record, Row, as_record, encode
 from modelport.storage.db import Database
 from modelport.storage.tables import UsageRow
 
@@ -39,7 +42,10 @@ COLUMNS = (
     "created_at",
 )  # fmt: skip
 _CHUNK = 5000  # rows per executemany
-_BAD_RECORD = (IntegrityError, DataError, ValueError, TypeError, KeyError, ArithmeticError)
+_BAD_RECORD = (
+    IntegrityError, DataError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+    ArithmeticError,
+)  # fmt: skip
 _LOGGED = 10  # refused records logged one by one per batch (then only counted)
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DateTime stores
 
@@ -61,7 +67,39 @@ def _head(record: Record) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _sqlite_row(record: Record) -> tuple[Any, ...]:
+# The second last formatted by ``_sqlite_time`` and its text: records come in time order,
+# so most share it (one tuple, replaced whole: safe to share between threads).
+_last_second: tuple[tuple[int, ...], str] = ((), "")
+
+
+def _sqlite_time(when: datetime) -> str:
+    """What SQLAlchemy's SQLite ``DateTime`` stores: naive UTC, always with microseconds
+    ("YYYY-MM-DD HH:MM:SS.ffffff"); formatting a whole aware datetime costs ~1 µs."""
+    global _last_second
+    if when.tzinfo is not UTC:
+        if when.tzinfo is None:
+            raise ValueError(f"created_at {when!r} is not a timezone-aware time")
+        when = when.astimezone(UTC)
+    second = (when.second, when.minute, when.hour, when.day, when.month, when.year)
+    last, text = _last_second
+    if second != last:
+        text = when.isoformat(" ", "seconds")[:19]
+        _last_second = (second, text)
+    return f"{text}.{when.microsecond:06d}"
+
+
+def _sqlite_row(entry: Entry) -> tuple[Any, ...]:
+    if type(entry) is tuple:  # a Row from the meter: values already of the right types
+        return (
+            *entry[:10],  # request_id ... output_tokens
+            entry[10] / 1000.0,  # compute_us -> compute_ms
+            int(entry[11]),  # streamed
+            int(entry[12]),  # finished
+            entry[13],  # price_id
+            float(entry[14]),  # cost
+            _sqlite_time(entry[15]),  # created_at
+        )
+    record = as_record(entry)
     return (
         *_head(record),
         int(record.get("compute_us", 0)) / 1000.0,
@@ -73,7 +111,8 @@ def _sqlite_row(record: Record) -> tuple[Any, ...]:
     )
 
 
-def _postgres_row(record: Record) -> dict[str, Any]:
+def _postgres_row(entry: Entry) -> dict[str, Any]:
+    record = as_record(entry)
     values = (
         *_head(record),
         Decimal(int(record.get("compute_us", 0))).scaleb(-3),
@@ -93,7 +132,7 @@ class UsageStore:
         self._database = database
         self._rejected = rejected
         # Parameters as the driver takes them: psycopg named (%(name)s), sqlite3 positional.
-        row: Callable[[Record], tuple[Any, ...] | dict[str, Any]]
+        row: Callable[[Entry], tuple[Any, ...] | dict[str, Any]]
         if database.dialect_name == "postgresql":
             statement: Any = postgresql.insert(UsageRow)
             row = _postgres_row
@@ -105,7 +144,7 @@ class UsageStore:
         self._sql = str(compiled)
         self._row = row
 
-    def insert(self, records: list[Record]) -> None:
+    def insert(self, records: list[Entry]) -> None:
         """Insert ``records`` in one transaction; an outage raises, bad records are set aside."""
         try:
             self._insert([self._row(record) for record in records])
@@ -128,10 +167,15 @@ class UsageStore:
             for start in range(0, len(rows), _CHUNK):
                 conn.exec_driver_sql(self._sql, rows[start : start + _CHUNK])
 
-    def _reject(self, record: Record, exc: Exception, *, quiet: bool) -> None:
+    def _reject(self, entry: Entry, exc: Exception, *, quiet: bool) -> None:
         error = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        try:
+            record: Record | Row = as_record(entry)
+        except ValueError:  # a row of the wrong length: keep it as it is
+            record = entry
         if not quiet:
-            log.error("usage record %r refused: %s", record.get("request_id"), error)
+            request_id = record.get("request_id") if isinstance(record, dict) else record[:1]
+            log.error("usage record %r refused: %s", request_id, error)
         self._rejected.parent.mkdir(parents=True, exist_ok=True)
         with self._rejected.open("ab") as fh:
             fh.write(encode({"error": error, "record": record}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,11 @@ class DeploymentGauges:
     replicas_desired: int
     replicas_ready: int
     restarts: int
+    inflight: int = 0
+    memory_bytes: int = 0
+    replicas_min: int | None = None  # autoscaling bounds (None: a fixed count)
+    replicas_max: int | None = None
+    last_scaling: float | None = None  # unix time of the last replica count change
 
 
 class _LiveCollector(Collector):
@@ -46,12 +51,50 @@ class _LiveCollector(Collector):
         restarts = CounterMetricFamily(
             "modelport_replica_restarts", "Replica restarts after a crash", labels=["model"]
         )
+        scaling = _ScalingFamilies()
         for snap in self._snapshot():
             queue.add_metric([snap.name], snap.queue_depth)
             desired.add_metric([snap.name], snap.replicas_desired)
             ready.add_metric([snap.name], snap.replicas_ready)
             restarts.add_metric([snap.name], snap.restarts)
+            scaling.add(snap)
         yield from (queue, desired, ready, restarts)
+        yield from scaling.families()
+
+
+class _ScalingFamilies:
+    """Autoscaling and memory gauges of the live deployments, built at scrape time."""
+
+    def __init__(self) -> None:
+        self.inflight = GaugeMetricFamily(
+            "modelport_inflight_requests", "Requests queued or running", labels=["model"]
+        )
+        self.memory = GaugeMetricFamily(
+            "modelport_deployment_memory_bytes",
+            "Resident memory of a deployment's replicas (measured, or estimated while loading)",
+            labels=["model"],
+        )
+        self.low = GaugeMetricFamily(
+            "modelport_replicas_min", "Autoscaling floor", labels=["model"]
+        )
+        self.high = GaugeMetricFamily("modelport_replicas_max", "Autoscaling cap", labels=["model"])
+        self.last = GaugeMetricFamily(
+            "modelport_scaling_last_timestamp_seconds",
+            "When the replica count last changed (unix time)",
+            labels=["model"],
+        )
+
+    def add(self, snap: DeploymentGauges) -> None:
+        self.inflight.add_metric([snap.name], snap.inflight)
+        self.memory.add_metric([snap.name], snap.memory_bytes)
+        if snap.replicas_min is not None and snap.replicas_max is not None:
+            self.low.add_metric([snap.name], snap.replicas_min)
+            self.high.add_metric([snap.name], snap.replicas_max)
+        if snap.last_scaling is not None:
+            self.last.add_metric([snap.name], snap.last_scaling)
+
+    def families(self) -> tuple[Metric, ...]:
+        return (self.inflight, self.memory, self.low, self.high, self.last)
 
 
 class Metrics:
@@ -80,6 +123,25 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.scaling = Counter(
+            "modelport_scaling_decisions",
+            "Replica count changes by direction (up, down, blocked) and cause "
+            "(autoscale, cold_start, eviction, admin, repository)",
+            ["model", "direction", "cause"],
+            registry=self.registry,
+        )
+        self.memory_budget = Gauge(
+            "modelport_memory_budget_bytes",
+            "Memory budget for model replicas on this node (0: none)",
+            registry=self.registry,
+        )
+
+    def scaling_decision(self, model: str, direction: str, cause: str) -> None:
+        """Count one replica count change (or a blocked one)."""
+        self.scaling.labels(model, direction, cause).inc()
+
+    def set_memory_budget(self, budget_bytes: int | None) -> None:
+        self.memory_budget.set(budget_bytes or 0)
 
     def observe_request(self, model: str, protocol: str, status: int, seconds: float) -> None:
         """Count one inference request and its latency (hot path: children are cached)."""

@@ -7,6 +7,8 @@ time), ``usage_records`` (one per answered request, unique by request id) and ``
 Training: ``datasets`` (numbered versions of uploaded files, plus the built-in sets),
 ``training_runs`` (one row per job and its experiment record) and ``run_events`` (its
 progress events, numbered per run).
+Traffic and pipelines: ``traffic_routes`` (a model's split between its deployments) and
+``pipelines`` (graphs of deployed models served as one model name).
 Money columns are ``Numeric`` read back as ``Decimal``, never floats.
 
 The same definitions run on SQLite and PostgreSQL: JSON columns use the portable ``JSON``
@@ -379,3 +381,41 @@ class RunEventRow(Base):
     type: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class TrafficRouteRow(Base):
+    """How one model's requests are split between its deployments (``engine/traffic.py``).
+
+    Deployments are named, not referenced: a route outlives the redeploy of one of them, and
+    a route naming a deployment that is gone falls back to the stable one.
+    """
+
+    __tablename__ = "traffic_routes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Deleting the model drops its route.
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), unique=True)
+    stable: Mapped[str] = mapped_column(String(128))
+    # Deployment name → percent of requests, for the deployments other than ``stable``.
+    weights: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    shadow: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PipelineRow(Base):
+    """A graph of deployed models served as one model name (``engine/pipelines.py``)."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    # The owning tenant (NULL: the platform); only it (and platform admins) may see it.
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    # The steps and combined outputs as PipelineSpec's JSON.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

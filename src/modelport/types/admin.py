@@ -11,13 +11,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 OPTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # Load options only the server sets: the runtime class to import (a trust decision), where
 # archives unpack, and the task (from the version's metadata).
-RESERVED_OPTIONS = frozenset({"runtime_class", "cache_dir", "task"})
+# ``scaling`` holds the autoscaling fields of a stored deployment (never sent to a runtime).
+RESERVED_OPTIONS = frozenset({"runtime_class", "cache_dir", "task", "scaling"})
 
 
 class TensorSpec(BaseModel):
@@ -112,6 +113,7 @@ class DeploymentState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     STOPPED = "stopped"
+    IDLE = "idle"  # at zero replicas; the next request starts one (cold start)
 
 
 class ReplicaState(StrEnum):
@@ -137,6 +139,39 @@ class DeploySpec(BaseModel):
         default_factory=dict,
         description="Runtime options, e.g. threads, n_ctx, chat_template (see the runtime).",
     )
+    # Autoscaling (engine/autoscale.py): on when min_replicas or max_replicas is given;
+    # ``replicas`` is then the starting count, kept within [min_replicas, max_replicas].
+    min_replicas: int | None = Field(
+        default=None, ge=0, le=64, description="Autoscaling floor; 0 allows scale-to-zero."
+    )
+    max_replicas: int | None = Field(default=None, ge=1, le=64, description="Autoscaling cap.")
+    target_inflight: float = Field(
+        default=4.0, gt=0, le=10_000, description="Requests in flight per replica to aim for."
+    )
+    scale_up_delay_s: float = Field(
+        default=1.0, ge=0, le=3600, description="How long more replicas must be wanted first."
+    )
+    scale_down_delay_s: float = Field(
+        default=30.0, ge=0, le=86_400, description="How long fewer replicas must suffice first."
+    )
+    idle_timeout_s: float = Field(
+        default=300.0, gt=0, le=604_800, description="With min_replicas=0: idle time to zero."
+    )
+    pinned: bool = Field(
+        default=False, description="Never unloaded to make room under the memory budget."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> DeploySpec:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas ({low}) must be <= max_replicas ({high})")
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether the autoscaler manages the replica count."""
+        return self.min_replicas is not None or self.max_replicas is not None
 
     @field_validator("options")
     @classmethod
@@ -164,6 +199,18 @@ class ReplicaStatus(BaseModel):
     restarts: int = 0
     reason: str | None = None
     inflight: int = 0
+    memory_bytes: int | None = Field(
+        default=None, description="Resident memory of the replica's worker, when measured."
+    )
+
+
+class ScalingDecision(BaseModel):
+    """One change of a deployment's replica count (autoscaler, cold start, eviction...)."""
+
+    at: datetime
+    replicas_from: int
+    replicas_to: int
+    reason: str
 
 
 class DeploymentStatus(BaseModel):
@@ -180,6 +227,23 @@ class DeploymentStatus(BaseModel):
     ready_replicas: int = 0
     replica_status: list[ReplicaStatus] = Field(default_factory=list)
     queue_depth: int = 0
+    autoscaling: bool = False
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_inflight: float | None = None
+    scale_up_delay_s: float | None = None
+    scale_down_delay_s: float | None = None
+    idle_timeout_s: float | None = None
+    pinned: bool = False
+    unloaded: bool = Field(
+        default=False, description="Unloaded through the V2 repository API: no cold start."
+    )
+    inflight: int = Field(default=0, description="Requests in the deployment right now.")
+    memory_bytes: int = Field(default=0, description="Resident memory of its replicas.")
+    last_used_at: datetime | None = None
+    decisions: list[ScalingDecision] = Field(
+        default_factory=list, description="The last replica count changes, newest last."
+    )
 
 
 class UsageRecord(BaseModel):

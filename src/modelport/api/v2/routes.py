@@ -17,7 +17,7 @@ from modelport import __version__
 from modelport.api.body import read_body
 from modelport.api.deps import ServicesDep, get_services
 from modelport.codecs.v2 import decode_request, encode_response, parse_header_length
-from modelport.engine.deployments import Deployment
+from modelport.engine.routing import Routed, Target
 from modelport.errors import ModelportError, NotReady
 from modelport.types.admin import DeploymentState, VersionInfo
 from modelport.types.v2 import InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata
@@ -87,7 +87,12 @@ async def model_version_metadata(services: ServicesDep, model: str, version: str
     return await _model_metadata(services, model, version)
 
 
-def _check_ready(services: ServicesDep, live: Deployment) -> Response:
+def _check_ready(services: ServicesDep, live: Target) -> Response:
+    if isinstance(live, Routed):  # a pipeline or a shadowed split: ready when its parts are
+        reason = live.readiness()
+        if reason is not None:
+            raise NotReady(f"model {live.record.name!r} is not ready: {reason}")
+        return _json({"name": live.record.name, "ready": True})
     status = services.deployments.status(live.record.name)
     if status.state != DeploymentState.READY:
         raise NotReady(
