@@ -9,6 +9,10 @@ version of the run's model (runtime "trained") on behalf of the run's tenant.
 
 Stopping the server stops the workers but leaves their runs ``running``; the next start puts
 them back in the queue and the worker resumes from ``<workdir>/checkpoints``.
+
+With ``Settings.training_prestart`` the runner keeps a warm job worker for the next run
+(``backends/jobs.py``: started as a job ends); the scheduler turns it on at start and off at
+shutdown.
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ class JobScheduler:
         requeued = await asyncio.to_thread(self._records.requeue_unfinished)
         if requeued:
             log.info("training runs %s queued again after a restart", requeued)
+        if self._settings.training_prestart:
+            await self._runner.prestart()  # a spare from the first job's end on
         self._loop_task = asyncio.create_task(self._schedule(), name="training-scheduler")
         self.wake()
 
@@ -113,6 +119,7 @@ class JobScheduler:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._runner.close()  # the spare first: no new one as the jobs end
         tasks = [job.task for job in self._jobs.values()]
         for task in tasks:
             task.cancel()
@@ -172,16 +179,22 @@ class JobScheduler:
             )
             if started is None:
                 return  # cancelled while it waited
-            await self._supervise(job, run_id, workdir)
+            handle = await self._supervise(job, run_id, workdir)
             await self._conclude(job, row, workdir)
+            await handle.wait()  # gone before the slot is given to the next run
         except asyncio.CancelledError:
             raise  # the server is stopping: the run stays "running" and resumes later
         except Exception as exc:
             log.exception("training run %s failed in the server", run_id)
             await self._fail(run_id, f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _supervise(self, job: _Job, run_id: int, workdir: Path) -> None:
-        """Start the worker and consume its events until it exits."""
+    async def _supervise(self, job: _Job, run_id: int, workdir: Path) -> JobHandle:
+        """Start the worker and consume its events until its output ends.
+
+        A worker that said how it ended (result, error, cancelled) is not waited for here:
+        the exit of a process that has torch loaded takes ~0.1 s, and the run's outcome is
+        already known; the caller reaps it after recording that.
+        """
         handle = await self._runner.start(run_id, workdir)
         job.handle = handle
         try:
@@ -189,12 +202,14 @@ class JobScheduler:
                 asyncio.create_task(handle.cancel())  # noqa: RUF006
             async for message in handle.events():
                 await self._on_message(job, run_id, message)
-            code = await handle.wait()
+            if job.outcome is None and job.error is None and not job.cancel_requested:
+                code = await handle.wait()
+                if code != 0:
+                    job.error = f"the job worker exited with code {code} (see the run's logs)"
         except asyncio.CancelledError:
             await asyncio.shield(handle.cancel())
             raise
-        if job.outcome is None and job.error is None and not job.cancel_requested and code != 0:
-            job.error = f"the job worker exited with code {code} (see the run's logs)"
+        return handle
 
     async def _on_message(self, job: _Job, run_id: int, message: dict[str, Any]) -> None:
         kind = message.get("type")

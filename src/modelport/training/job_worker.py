@@ -12,21 +12,42 @@ on stdout, one object per line, flushed as they happen:
 - SIGTERM: training stops after the current batch/epoch, ``{"type": "cancelled"}``, exit 3
 
 Anything else the libraries print goes to stderr (the job log): fd 1 is pointed at stderr
-once the protocol's own copy of it is saved. The spec's ``threads`` caps OpenMP/BLAS
-(environment, set before torch is imported, and threadpoolctl) and torch's pool. The worker
-dies with its parent (``PR_SET_PDEATHSIG``), like serving workers; a killed job resumes
-from its checkpoints when it is started again on the same work folder.
+once the protocol's own copy of it is saved. The worker dies with its parent
+(``PR_SET_PDEATHSIG``), like serving workers; a killed job resumes from its checkpoints when
+it is started again on the same work folder. It leaves with ``os._exit`` once its last line
+is out: the interpreter's teardown after torch and the ONNX exporter took ~1.7 s here.
+
+Warm spare: ``python -m modelport.training.job_worker --spare [--parent-pid P]`` imports
+what a run needs (torch, the ONNX exporter, scikit-learn, onnxruntime, the trainers and the
+data library: ``PRELOAD``), says ``{"type": "ready", "data": {"import_s", "failed"}}``, then
+waits for one line on stdin, ``{"workdir": "..."}``, answers ``{"type": "accepted"}`` and from
+there on is the worker above for that folder, its stderr (and fd 1) now appended to
+``<workdir>/job.log``. End of input instead
+of a job: it exits 0. Until the job arrives SIGTERM just ends it. One job per process: a
+spare is used once, so no state passes from one job to the next.
+
+Threads (the spec's ``threads``; 0 leaves every library at its default, all cores): set
+when the job starts, in either mode: ``torch.set_num_threads`` (torch's intra-op OpenMP pool
+and MKL, as used from the main thread, where the trainers run and autograd's CPU backward
+runs), threadpoolctl for the BLAS/OpenMP libraries already loaded (numpy's and scipy's
+OpenBLAS, libgomp), and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
+for anything the job starts. The environment alone cannot do it in a spare: those
+libraries read it once, when they are loaded, which was before the job arrived. The
+trainers set torch's and the classic models' pools again themselves; the ONNX check after
+export uses onnxruntime's own default pool either way. The job log says what was applied.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +62,56 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 3
 SPEC_FILE = "spec.json"
+JOB_LOG = "job.log"  # the job's stderr, appended
 _PR_SET_PDEATHSIG = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+# What a spare imports before its job arrives: everything a run imports on its way
+# (the torch and scikit-learn trainers, the dynamo ONNX exporter with onnxscript, sympy and
+# networkx under it, skl2onnx, onnxruntime for the export check, the dataset readers). A
+# name this torch does not have is skipped: the job imports what it needs anyway.
+PRELOAD = (
+    "torch",
+    "torch.export",
+    "torch.export._trace",
+    "torch._dynamo",
+    "torch._functorch.aot_autograd",
+    "torch.onnx",
+    "torch.onnx._internal.exporter._core",
+    "torch.onnx._internal.exporter._registration",
+    "onnxscript",
+    "onnxscript.function_libs.torch_lib",
+    "onnxscript.rewriter.onnx_fusions",
+    "onnx",
+    "onnxruntime",
+    "safetensors.torch",
+    "sympy",
+    "networkx",
+    "sklearn.datasets",
+    "sklearn.datasets.data",
+    "sklearn.preprocessing",
+    "sklearn.metrics",
+    "sklearn.linear_model",
+    "sklearn.ensemble",
+    "sklearn.model_selection",
+    "skl2onnx",
+    "threadpoolctl",
+    "pandas",
+    "pyarrow.parquet",
+    "PIL.Image",
+    "modelport.training.run",
+    "modelport.training.builtin",
+    "modelport.training.formats",
+    "modelport.training.text",
+    "modelport.training.preprocess",
+    "modelport.training.metrics",
+    "modelport.training.splits",
+    "modelport.training.bundle",
+    "modelport.training.trainers.classic",
+    "modelport.training.trainers.torch_trainers",
+    "modelport.training.trainers.torch_loop",
+    "modelport.training.trainers.torch_models",
+)
 
 
 class LineWriter:
@@ -65,15 +134,69 @@ class LineWriter:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m modelport.training.job_worker")
-    parser.add_argument("workdir", type=Path, help="the job's folder (holds spec.json)")
+    parser.add_argument("workdir", type=Path, nargs="?", help="the job's folder (spec.json)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process dies")
+    parser.add_argument(
+        "--spare", action="store_true", help="import first, then read the job from stdin"
+    )
     args = parser.parse_args(argv)
+    if (args.workdir is None) != args.spare:
+        parser.error("give a workdir, or --spare (and the workdir on stdin)")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when jobs stop
     _die_with_parent(args.parent_pid if args.parent_pid is not None else os.getppid())
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     writer = LineWriter(_protocol_stream())
-    return run_job(args.workdir, writer, stop)
+    if args.spare:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to wind down yet
+        workdir, waited = _wait_for_job(writer)
+        if workdir is None:
+            return EXIT_OK
+        _log_to(workdir)
+        writer.event("accepted", {"pid": os.getpid()})
+        print(f"job worker {os.getpid()}: a warm spare; {waited}", file=sys.stderr)
+    else:
+        workdir = args.workdir
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return run_job(workdir, writer, stop)
+
+
+def _wait_for_job(writer: LineWriter) -> tuple[Path | None, str]:
+    """Import ``PRELOAD``, say "ready", read the job's line: its workdir (None: no job)."""
+    start = time.monotonic()
+    failed = preload()
+    import_s = time.monotonic() - start
+    writer.event("ready", {"import_s": round(import_s, 3), "failed": failed})
+    line = sys.stdin.readline()
+    arrived = time.monotonic() - start
+    if not line.strip():
+        return None, ""
+    workdir = Path(json.loads(line)["workdir"])
+    return workdir, f"imports took {import_s:.2f} s, then it waited {arrived - import_s:.2f} s"
+
+
+def preload(names: Sequence[str] = PRELOAD) -> list[str]:
+    """Import ``names`` (what a run will import); the names that failed, kept quiet: the job
+    imports what it needs again and reports a real failure itself."""
+    import importlib
+
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            failed.append(name)
+    return failed
+
+
+def _log_to(workdir: Path) -> None:
+    """Point stderr, and fd 1 with it, at ``<workdir>/job.log`` (appended)."""
+    sys.stderr.flush()
+    sys.stdout.flush()
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / JOB_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.dup2(fd, 1)
+    os.close(fd)
 
 
 def run_job(workdir: Path, writer: LineWriter, stop: threading.Event) -> int:
@@ -104,7 +227,7 @@ def _run(workdir: Path, writer: LineWriter, stop: threading.Event) -> RunOutcome
     from modelport.errors import InvalidInput
 
     raw = _read_spec(workdir)
-    _limit_threads(int(raw.get("threads") or 0))
+    limit_threads(int(raw.get("threads") or 0))
     from modelport.training.run import RunSpec, run_training  # imports torch & co lazily
 
     try:
@@ -137,16 +260,22 @@ def _read_spec(workdir: Path) -> dict[str, Any]:
     return data
 
 
-def _limit_threads(threads: int) -> None:
-    """Cap OpenMP/BLAS threads: env for torch (imported later), threadpoolctl for numpy's
-    BLAS (already loaded with the package); the trainer sets torch's pool from the spec."""
+def limit_threads(threads: int) -> None:
+    """Apply the spec's ``threads`` (module docstring) to this process; 0: leave defaults."""
     if threads <= 0:
         return
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(limits=threads)
+    applied = sorted({f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info()})
+    if "torch" in sys.modules:  # a spare imported it; a fresh worker reads the env later
+        import torch
+
+        torch.set_num_threads(threads)
+        applied.insert(0, f"torch {torch.get_num_threads()}")
+    print(f"job worker {os.getpid()}: threads {threads}: {', '.join(applied)}", file=sys.stderr)
 
 
 def _protocol_stream() -> IO[str]:
@@ -189,5 +318,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _exit(code: int) -> None:
+    """Leave without the interpreter's teardown (seconds after torch); lines are flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
