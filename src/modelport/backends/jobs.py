@@ -209,7 +209,8 @@ class LocalJobRunner:
                     *self._worker_args("--spare"),
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
-                    stderr=None,  # the server's until a job arrives, then the job's log
+                    stderr=asyncio.subprocess.DEVNULL,  # the job's log once it has one;
+                    # what failed before that comes in its "ready" line
                     env={**os.environ, **self._env},
                     limit=_LINE_LIMIT,
                     start_new_session=True,
@@ -242,7 +243,7 @@ class _Spare:
             if event.get("type") == "ready":
                 data = event.get("data") or {}
                 took = data.get("import_s", 0)
-                log.info("warm job worker %s ready (imports %.1f s)", self.pid, took)
+                log.info("warm job worker %s ready (imports, warm-up: %.1f s)", self.pid, took)
                 if data.get("failed"):
                     log.warning("warm job worker %s could not import %s", self.pid, data["failed"])
             return event
