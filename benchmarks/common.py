@@ -36,6 +36,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def child_pids(parent_pid: int, *markers: bytes) -> list[int]:
+    """Pids of ``parent_pid``'s children whose command line holds each of ``markers``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent_pid and all(marker in argv for marker in markers):
+            pids.append(int(proc.name))
+    return pids
+
+
 def wait_http(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,7 +112,9 @@ def modelport_server(
     ]
     if not demo:
         args.append("--no-demo")
-    server = Pinned(args, env={"MODELPORT_ADMIN_KEY": BENCH_ADMIN_KEY, **(env or {})}, pin=pin)
+    # No demo pipeline: its head's training run would share the CPU with the measurement.
+    base = {"MODELPORT_ADMIN_KEY": BENCH_ADMIN_KEY, "MODELPORT_DEMO_PIPELINE": "false"}
+    server = Pinned(args, env={**base, **(env or {})}, pin=pin)
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
     return server
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN_HEADERS, ROOT, free_port, modelport_server
+from benchmarks.common import ADMIN_HEADERS, ROOT, child_pids, free_port, modelport_server
 
 TARGET = 1.10
 
@@ -148,18 +148,7 @@ def _until_finished(client: httpx.Client, run_id: int) -> str:
 
 def _spares_of(server_pid: int) -> list[int]:
     """Pids of the server's warm job workers (``job_worker --spare``, its children)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and b"modelport.training.job_worker" in argv and b"--spare" in argv:
-            pids.append(int(proc.name))
-    return pids
+    return child_pids(server_pid, b"modelport.training.job_worker", b"--spare")
 
 
 def _wait_spare_idle(server_pid: int, timeout: float = 120.0) -> float:

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     inspect_timeout_s: float = Field(
         default=120.0, gt=0, description="Limit for reading a new artifact's signature."
     )
+    worker_spares: bool = Field(
+        default=True,
+        description=(
+            "Local backend: keep one warm spare worker (runtime libraries imported) for each "
+            "runtime + env whose replicas come and go (scaled down, crashed), so cold starts, "
+            "scale-ups and restarts skip the imports. Costs one idle process per kind "
+            "(~450 MB for scikit-learn with skops, which imports torch)."
+        ),
+    )
 
     # Where replicas run (``engine.services`` picks the backend; ``backends.ray`` for Ray).
     backend: Literal["local", "ray"] = Field(
@@ -118,6 +127,13 @@ class Settings(BaseSettings):
     demo_text_models: bool = Field(
         default=True,
         description="With demo_models: also deploy the bundled text models (minilm, gemma).",
+    )
+    demo_pipeline: bool = Field(
+        default=True,
+        description=(
+            "With demo_text_models: at first start, train 'sentiment-head' on minilm "
+            "embeddings of bundled reviews and create pipeline 'review-sentiment' (background)."
+        ),
     )
     llm_queue_wait_s: float = Field(
         default=60.0,

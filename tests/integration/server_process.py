@@ -48,6 +48,9 @@ class ServerProcess:
             **os.environ,
             "PYTHONPATH": str(REPO_ROOT),
             "MODELPORT_ADMIN_KEY": TEST_ADMIN_KEY,
+            # No background training in every server with the text demos: only the tests
+            # of the demo pipeline turn it on.
+            "MODELPORT_DEMO_PIPELINE": "false",
             **self.env,
         }
         args = [

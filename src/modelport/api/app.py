@@ -1,7 +1,8 @@
 """``create_app``: the FastAPI application over a set of built services.
 
 The lifespan migrates the database, restores stored deployments, registers the built-in
-datasets and installs the demo models on first start, starts the training scheduler (which
+datasets and installs the demo models on first start (then, in the background, trains the
+demo pipeline's head: ``engine/demo_pipeline.py``), starts the training scheduler (which
 re-queues interrupted runs), and stops every worker and job on shutdown. No module-level
 app or globals: tests and the server each build their own.
 """
@@ -45,6 +46,7 @@ from modelport.engine.bootstrap import (
     install_demo_models,
     install_text_demos,
 )
+from modelport.engine.demo_pipeline import start_demo_pipeline
 from modelport.engine.services import Services
 
 log = logging.getLogger("modelport")
@@ -86,12 +88,15 @@ def create_app(services: Services) -> FastAPI:
         # lookup of one waits for them); runs a stop interrupted are queued again.
         builtins = install_builtin_datasets(services)
         await services.training.start()
-        installing = None
+        installing: asyncio.Task[list[str]] | None = None
+        pipeline: asyncio.Task[bool] | None = None
         if services.settings.demo_models:
             await install_demo_models(services)
             if services.settings.demo_text_models:
                 # Loading language models takes a while: serve meanwhile (live, not ready).
                 installing = asyncio.create_task(install_text_demos(services))
+                # Then, not holding up readiness: train the head of the demo pipeline.
+                pipeline = start_demo_pipeline(services, installing)
         # Live at once; ready (V2 health) once the deployments have finished loading.
         settle = asyncio.create_task(_become_ready(app, services, installing))
         try:
@@ -99,10 +104,10 @@ def create_app(services: Services) -> FastAPI:
         finally:
             settle.cancel()
             builtins.cancel()
-            if installing is not None:
-                installing.cancel()
-            await asyncio.gather(builtins, *([installing] if installing else []),
-                                 return_exceptions=True)  # fmt: skip
+            started = [t for t in (installing, pipeline) if t is not None]
+            for task in started:
+                task.cancel()
+            await asyncio.gather(builtins, *started, return_exceptions=True)
             app.state.ready = False
             await services.training.shutdown()  # stops job workers; their runs resume later
             await services.deployments.shutdown()

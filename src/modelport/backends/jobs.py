@@ -3,8 +3,9 @@
 A ``JobRunner`` starts one job for a prepared work folder (``spec.json`` written by the
 engine) and hands back a ``JobHandle``: the job's events as dicts (the job worker's JSON
 lines, see ``training.job_worker``), ``cancel`` and ``wait``. The local runner starts
-``python -m modelport.training.job_worker <workdir>`` as a subprocess; a Ray runner
-implements the same two protocols later (events from an actor, cancel via ``ray.cancel``).
+``python -m modelport.training.job_worker <workdir>`` as a subprocess; the Ray runner
+(``backends.ray.jobs``) starts the same subprocess inside a Ray actor on the cluster and
+streams its lines back.
 
 Events are read from the job's stdout as it writes them; the consumer must keep reading
 ``events()`` until it ends, otherwise the pipe fills and the job blocks. The job's stderr is

@@ -10,7 +10,7 @@ plain Python values and numpy arrays, dtypes and scalars, and nothing else.
 ::
 
     server -> worker                       worker -> server
-    ("load", spec_dict)                    ("ready", signature_dict, pid)
+    ("load", spec_dict[, log_path])        ("ready", signature_dict, pid)
                                            ("failed", error_dict)
     ("predict", req_id, inputs, params)    ("result", req_id, outputs)
                                            ("error", req_id, error_dict)
@@ -19,10 +19,11 @@ plain Python values and numpy arrays, dtypes and scalars, and nothing else.
     ("cancel", req_id)                     (nothing, or the "end" of a cancelled stream)
     ("shutdown",)
 
-``error_dict`` is ``ModelportError.to_dict()``; the server rebuilds it with
-``ModelportError.from_dict``. Late replies for unknown or cancelled request ids are dropped,
-so a cancelled call never corrupts the connection. ``WorkerConnection`` is the server's end:
-it multiplexes concurrent calls over one socket by request id.
+``log_path`` (a warm spare's "load"): from then on the worker appends its stdout and stderr
+to that file, the replica's log. ``error_dict`` is ``ModelportError.to_dict()``; the server
+rebuilds it with ``ModelportError.from_dict``. Late replies for unknown or cancelled request
+ids are dropped, so a cancelled call never corrupts the connection. ``WorkerConnection`` is
+the server's end: it multiplexes concurrent calls over one socket by request id.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pickle
 import socket
 import struct
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
@@ -211,9 +213,13 @@ class WorkerConnection:
         self._error: ModelportError | None = None
         self.closed = asyncio.Event()  # set when the worker's end is gone
 
-    async def handshake(self, spec: LoadSpec) -> Message | None:
-        """Send "load" and return the worker's first answer ("ready"/"failed"), None at EOF."""
-        await write_message(self._writer, (LOAD, load_spec_to_dict(spec)))
+    async def handshake(self, spec: LoadSpec, log: Path | None = None) -> Message | None:
+        """Send "load" and return the worker's first answer ("ready"/"failed"), None at EOF.
+
+        ``log``: the file the worker should write its output to from now on (a spare).
+        """
+        load = load_spec_to_dict(spec)
+        await write_message(self._writer, (LOAD, load) if log is None else (LOAD, load, str(log)))
         return await read_message(self._reader)
 
     def start(self) -> None:

@@ -1,16 +1,12 @@
 """One replica of the local backend: a worker process and the supervisor task that owns it.
 
-Each replica has one supervisor task that owns its process from spawn to exit::
-
-    STARTING -> READY -> (crash) -> RESTARTING -> READY ...      backoff doubles per crash
-        \\-> FAILED (load failed, crashed or timed out while loading: no restart loop)
-    any state -> STOPPED (scale down, undeploy, replace, shutdown)
-
-When a worker dies, every call in flight on it fails at once with ``WorkerCrashed`` (never
-a hang) and the exit reason plus the last lines of its log stay in the replica's status.
-State changes wake the set's ``Signal``, which leases wait on. Worker logs go to
-``<runtime_dir>/logs/<set>.<replica>.log``. The process helpers at the end (start command,
-environment, exit reasons, terminate) are shared with ``inspection``.
+The states, the restart loop and lease accounting are ``replica_set.SupervisedReplica``'s;
+this module runs one life of a worker: spawn (or take a warm spare from ``spares``), "load",
+serve, drain or crash. When a worker dies, every call in flight on it fails at once with
+``WorkerCrashed`` (never a hang) and the exit reason plus the last lines of its log stay in
+the replica's status. Worker logs go to ``<runtime_dir>/logs/<set>.<replica>.log``. The
+process helpers at the end (start command, environment, exit reasons, terminate) are shared
+with ``inspection`` and ``spares``.
 """
 
 from __future__ import annotations
@@ -22,15 +18,16 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from modelport.backends.base import Replica, ReplicaSetSpec
+from modelport.backends.base import ReplicaSetSpec
 from modelport.backends.protocol import FAILED, READY, WorkerConnection
+from modelport.backends.replica_set import ReplicaOwner, SupervisedReplica
 from modelport.errors import ModelportError, Unavailable, WorkerCrashed
 from modelport.runtimes.base import Tensors
-from modelport.settings import Settings
-from modelport.types.admin import ReplicaState, ReplicaStatus
+from modelport.types.admin import ReplicaState
 
 logger = logging.getLogger(__name__)
 
@@ -42,57 +39,46 @@ _KILL_GRACE_S = 2.0  # after SIGTERM (or EOF from a live worker) before SIGKILL
 _READ_LIMIT = 1 << 22  # stream reader buffer: fewer pause/resume cycles on big tensors
 
 
-class Signal:
-    """Wakes every waiter at once; waiters re-check their own condition (no polling)."""
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A started worker and our end of its socket, not yet asked to load anything."""
 
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:  # nobody waiting: nothing to allocate or set
-            self._event.set()
-            self._event = None
-
-    async def wait(self, limit_s: float | None) -> None:
-        """Return at the next ``notify`` or after ``limit_s`` seconds, whichever is first."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        event = self._event
-        try:
-            async with asyncio.timeout(limit_s):
-                await event.wait()
-        except TimeoutError:
-            pass
+    process: asyncio.subprocess.Process
+    sock: socket.socket
 
 
-class ReplicaOwner(Protocol):
-    """What a replica reads from the set it belongs to."""
+class SpareSource(Protocol):
+    """Where a replica may find a warm worker for its spec (``spares.SparePool``)."""
 
-    settings: Settings
-    spec: ReplicaSetSpec
-    signal: Signal
+    def take(self, spec: ReplicaSetSpec) -> WorkerProcess | None:
+        """A live spare that fits ``spec`` (same runtime and env), now the caller's."""
+        ...
+
+    def loaded(self, spec: ReplicaSetSpec) -> None:
+        """A replica of ``spec`` has loaded: its CPU is free for starting the next spare."""
+        ...
+
+    def ended(self, spec: ReplicaSetSpec) -> None:
+        """A ready replica of ``spec`` stops or crashed: another start of its kind will come."""
+        ...
 
 
-class LocalReplica(Replica):
-    """One worker process and the supervisor task that keeps it running."""
+class LocalReplica(SupervisedReplica):
+    """One worker process and the supervisor task that keeps it running.
 
-    def __init__(self, replica_set: ReplicaOwner, replica_id: str) -> None:
-        self.id = replica_id
-        self.number = int(replica_id[1:])
-        self.state = ReplicaState.STARTING
-        self.pid: int | None = None
-        self.restarts = 0
-        self.reason: str | None = None
-        self.inflight = 0
-        self._set = replica_set
-        self._settings = replica_set.settings
+    With ``spares``, each life starts from a warm spare worker when one fits (the spare's
+    pid becomes the replica's) and tells the pool when it has loaded and when it ends, which
+    is when the pool starts the next spare (see ``spares``).
+    """
+
+    unit = "a worker"
+
+    def __init__(
+        self, owner: ReplicaOwner, replica_id: str, spares: SpareSource | None = None
+    ) -> None:
         self._conn: WorkerConnection | None = None
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._supervise(), name=f"replica-{replica_id}")
-
-    @property
-    def _label(self) -> str:
-        return f"replica {self.id} of deployment {self._set.spec.name!r}"
+        self._spares = spares
+        super().__init__(owner, replica_id)
 
     async def predict(self, inputs: Tensors, params: dict[str, Any]) -> Tensors:
         if self._conn is None:
@@ -104,62 +90,20 @@ class LocalReplica(Replica):
             raise WorkerCrashed(f"{self._label} is not running")
         return self._conn.stream(payload)
 
-    def status(self) -> ReplicaStatus:
-        return ReplicaStatus(
-            id=self.id,
-            state=self.state,
-            pid=self.pid,
-            restarts=self.restarts,
-            reason=self.reason,
-            inflight=self.inflight,
-            memory_bytes=resident_bytes(self.pid) if self.state is ReplicaState.READY else None,
-        )
-
-    def release(self) -> None:
-        self.inflight -= 1
-        self._set.signal.notify()
-
-    async def stop(self) -> None:
-        """Let leased calls finish, then ask the worker to exit; kill it if it will not."""
-        self._stopping.set()
-        await self._task
-
-    def _set_state(self, state: ReplicaState) -> None:
-        self.state = state
-        self._set.signal.notify()
+    def _memory_bytes(self) -> int | None:
+        return resident_bytes(self.pid)
 
     # -- supervision ------------------------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        initial = backoff = self._settings.worker_restart_backoff_s
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            started = loop.time()
-            try:
-                crashed = await self._run_once()
-            except Exception as exc:  # could not even start a process (fds, disk, ...)
-                logger.exception("%s could not start", self._label)
-                self.reason = f"could not start a worker: {type(exc).__name__}: {exc}"
-                self._set_state(ReplicaState.FAILED)
-                return
-            if not crashed:
-                break
-            if loop.time() - started > self._settings.worker_restart_backoff_max_s:
-                backoff = initial  # it ran a good while: treat this as a fresh failure
-            self._set_state(ReplicaState.RESTARTING)
-            await _wait_event(self._stopping, backoff)
-            backoff = min(backoff * 2, self._settings.worker_restart_backoff_max_s)
-        if self.state is not ReplicaState.FAILED:
-            self._set_state(ReplicaState.STOPPED)
-
     async def _run_once(self) -> bool:
         """Start, load and serve once; True when the worker crashed and should restart."""
-        process, conn, log_path, log_offset = await self._spawn()
+        process, conn, log_path, log_offset, from_spare = await self._spawn()
         self.pid = process.pid
         exited = asyncio.create_task(process.wait())
         stopping = asyncio.create_task(self._stopping.wait())
         try:
-            load_error = await self._load(conn, exited, stopping)
+            # A spare logs to the spares' log until its "load" names this replica's log.
+            load_error = await self._load(conn, exited, stopping, log_path if from_spare else None)
             if load_error is not None:
                 await terminate(process)
                 if self._stopping.is_set():
@@ -171,9 +115,13 @@ class LocalReplica(Replica):
             self._conn = conn
             conn.start()
             self._set_state(ReplicaState.READY)
+            if self._spares is not None:
+                self._spares.loaded(self._owner.spec)
             closed = asyncio.create_task(conn.closed.wait())
             await asyncio.wait({exited, closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
             closed.cancel()
+            if self._spares is not None:
+                self._spares.ended(self._owner.spec)
             if self._stopping.is_set():
                 await self._drain(conn, process)
                 return False
@@ -195,10 +143,14 @@ class LocalReplica(Replica):
             await conn.aclose(Unavailable(f"{self._label} was stopped"))
 
     async def _load(
-        self, conn: WorkerConnection, exited: asyncio.Task[int], stopping: asyncio.Task[bool]
+        self,
+        conn: WorkerConnection,
+        exited: asyncio.Task[int],
+        stopping: asyncio.Task[bool],
+        log: Path | None,
     ) -> str | None:
         """Send "load"; None when the worker is ready, else why it is not."""
-        handshake = asyncio.create_task(conn.handshake(self._set.spec.load))
+        handshake = asyncio.create_task(conn.handshake(self._owner.spec.load, log))
         timeout = self._settings.worker_start_timeout_s
         await asyncio.wait(
             {handshake, exited, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -229,7 +181,7 @@ class LocalReplica(Replica):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.request_timeout_s
         while self.inflight and not conn.closed.is_set() and loop.time() < deadline:
-            await self._set.signal.wait(deadline - loop.time())
+            await self._owner.signal.wait(deadline - loop.time())
         await conn.send_shutdown()
         try:
             async with asyncio.timeout(_STOP_GRACE_S):
@@ -239,32 +191,21 @@ class LocalReplica(Replica):
 
     async def _spawn(
         self,
-    ) -> tuple[asyncio.subprocess.Process, WorkerConnection, Path, int]:
+    ) -> tuple[asyncio.subprocess.Process, WorkerConnection, Path, int, bool]:
+        """A worker for this life (a spare if one fits), its log, and whether it was a spare."""
         self._set_state(ReplicaState.STARTING if self.restarts == 0 else ReplicaState.RESTARTING)
-        log_path = self._settings.runtime_dir / "logs" / f"{self._set.spec.name}.{self.id}.log"
-        log, offset = _open_log(log_path)
-        ours, theirs = socket.socketpair()
+        spec = self._owner.spec
+        log_path = self._settings.runtime_dir / "logs" / f"{spec.name}.{self.id}.log"
+        log, offset = open_log(log_path)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *WORKER,
-                "--fd",
-                str(theirs.fileno()),
-                "--parent-pid",
-                str(os.getpid()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(theirs.fileno(),),
-                env=worker_env(self._set.spec.env),
-            )
-        except BaseException:
-            ours.close()
-            raise
+            worker = self._spares.take(spec) if self._spares is not None else None
+            from_spare = worker is not None
+            if worker is None:
+                worker = await start_worker(spec.env, log)
         finally:
-            theirs.close()
             log.close()
-        reader, writer = await asyncio.open_connection(sock=ours, limit=_READ_LIMIT)
-        return process, WorkerConnection(reader, writer), log_path, offset
+        reader, writer = await asyncio.open_connection(sock=worker.sock, limit=_READ_LIMIT)
+        return worker.process, WorkerConnection(reader, writer), log_path, offset, from_spare
 
 
 # -- process helpers ----------------------------------------------------------------------
@@ -288,7 +229,32 @@ def worker_env(extra: dict[str, str]) -> dict[str, str] | None:
     return {**os.environ, **extra} if extra else None
 
 
-def _open_log(path: Path) -> tuple[IO[bytes], int]:
+async def start_worker(env: dict[str, str], log: IO[bytes], *args: str) -> WorkerProcess:
+    """Start ``WORKER`` on one end of a new socketpair, output to ``log``, dying with us."""
+    ours, theirs = socket.socketpair()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *WORKER,
+            "--fd",
+            str(theirs.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(theirs.fileno(),),
+            env=worker_env(env),
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return WorkerProcess(process, ours)
+
+
+def open_log(path: Path) -> tuple[IO[bytes], int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.open("ab")
     return log, log.tell()
@@ -337,11 +303,3 @@ async def terminate(process: asyncio.subprocess.Process) -> None:
 async def _wait_task(task: asyncio.Task[int], limit_s: float) -> int | None:
     done, _ = await asyncio.wait({task}, timeout=limit_s)
     return task.result() if done else None
-
-
-async def _wait_event(event: asyncio.Event, limit_s: float) -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            await event.wait()
-    except TimeoutError:
-        pass

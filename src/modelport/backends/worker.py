@@ -7,6 +7,12 @@ runtime and answers "ready" (or "failed" and exits with code 3), then serves unt
 "shutdown" or EOF. Model code runs here and never in the API server, so a crashing or
 hostile model takes down one replica, not the service.
 
+Warm spare (``--preload RUNTIME``, see ``backends.spares``): the worker imports the runtime's
+module and its heavy libraries (``PRELOAD``) first, then waits for "load" as usual, so the
+replica that takes it later skips those seconds. Its "load" names the replica's log file;
+the worker appends its stdout and stderr there from then on (it was started before the
+replica existed, logging to the spares' log).
+
 ``--inspect`` reads a ``LoadSpec`` as JSON on stdin, loads it and prints the signature JSON
 on stdout (exit 0), or the error JSON (exit 3): the registry learns a new artifact's
 signature this way without loading it in the server process.
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--fd", type=int, help="inherited socket to serve on")
     mode.add_argument("--inspect", action="store_true", help="print a LoadSpec's signature")
     parser.add_argument("--parent-pid", type=int, help="exit when this process dies")
+    parser.add_argument("--preload", metavar="RUNTIME", help="import a runtime, then wait")
     args = parser.parse_args(argv)
     # Ctrl-C in the server's terminal reaches the whole process group; the server decides
     # when workers stop, so they ignore it instead of dying mid-request.
@@ -84,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die_with_parent(args.parent_pid)
     if args.inspect:
         return _inspect(sys.stdin.buffer.read())
+    if args.preload:
+        preload(args.preload)
     return _serve(socket.socket(fileno=args.fd))
 
 
@@ -105,10 +114,50 @@ def load_runtime(spec: LoadSpec) -> tuple[Runtime, Signature]:
         ) from exc
 
 
+# What a warm spare imports for a runtime besides the runtime's own module: the libraries its
+# ``load`` imports on the way to a typical model (``skops.io`` alone imports every scikit-learn
+# estimator, scipy and, through scikit-learn's array-API shim, torch: seconds of CPU, the bulk
+# of an iris cold start). Missing ones are skipped; a real load reports them.
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "sklearn": (
+        "threadpoolctl",
+        "skops.io",
+        "sklearn.linear_model",
+        "sklearn.ensemble",
+        "sklearn.pipeline",
+        "sklearn.preprocessing",
+    ),
+    "onnx": ("onnxruntime",),
+    "torch": ("torch",),
+    "transformers": ("torch", "transformers", "sentence_transformers"),
+    "gguf": ("llama_cpp",),
+    "trained": ("onnxruntime", "modelport.training.exported", "modelport.training.preprocess"),
+}
+
+
+def preload(runtime: str) -> None:
+    """Import ``runtime`` (a name in ``RUNTIMES``, or ``module:Class``) and its libraries.
+
+    Best effort: an import that fails is logged and left for the real load to report.
+    """
+    try:
+        _find_class(runtime, override=runtime if ":" in runtime else None)
+    except ModelportError as exc:
+        print(f"preload: {exc.message}", file=sys.stderr)
+    for module in PRELOAD.get(runtime, ()):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"preload: cannot import {module}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def _runtime_class(spec: LoadSpec) -> type[Runtime]:
-    override = spec.options.get("runtime_class")
+    return _find_class(spec.runtime, spec.options.get("runtime_class"))
+
+
+def _find_class(runtime: str, override: Any) -> type[Runtime]:
     if override is None:
-        return runtime_class(spec.runtime)
+        return runtime_class(runtime)
     module_name, _, class_name = str(override).partition(":")
     try:
         found = getattr(importlib.import_module(module_name), class_name)
@@ -137,6 +186,8 @@ def _serve(sock: socket.socket) -> int:
     try:
         if message[0] != LOAD:
             raise ModelLoadError(f"expected a 'load' message first, got {message[0]!r}")
+        if len(message) > 2 and message[2]:
+            _log_to(str(message[2]))
         runtime, signature = load_runtime(load_spec_from_dict(message[1]))
     except ModelportError as exc:
         send_message(sock, (FAILED, exc.to_dict()))
@@ -145,6 +196,20 @@ def _serve(sock: socket.socket) -> int:
     send_message(sock, (READY, signature.model_dump(mode="json"), os.getpid()))
     _WorkerLoop(sock, runtime).run()
     return EXIT_OK
+
+
+def _log_to(path: str) -> None:
+    """Send our stdout and stderr (and those of any library) to the file at ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:  # serving matters more than where the log goes
+        print(f"cannot log to {path}: {exc}; logging here instead", file=sys.stderr)
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _inspect(raw: bytes) -> int:

@@ -7,6 +7,7 @@ The text demos (``engine.demo_llm``: ``minilm`` embeddings, ``gemma-3-270m`` GGU
 their own marker listing the ones installed, so a data dir from before they existed gets
 them once, and one that failed (say a broken package) is retried at the next start. They
 are installed concurrently, in the background of a live server (``install_text_demos``).
+After them, ``engine.demo_pipeline`` trains the demo pipeline's head (its own marker).
 """
 
 from __future__ import annotations

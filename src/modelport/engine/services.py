@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelport.backends.base import Backend
-from modelport.backends.jobs import LocalJobRunner
+from modelport.backends.jobs import JobRunner, LocalJobRunner
 from modelport.backends.local import LocalBackend
+from modelport.backends.ray._ray import RayCluster
 from modelport.backends.ray.backend import RayBackend
+from modelport.backends.ray.jobs import RayJobRunner
 from modelport.engine.accounts import AccountService
 from modelport.engine.audit import AuditLog
 from modelport.engine.billing import BillingService
@@ -73,7 +75,7 @@ def build_services(settings: Settings) -> Services:
     database = Database(settings.db_url)
     artifacts = LocalArtifactStore(settings.artifacts_root)
     registry = Registry(database, artifacts)
-    backend = _backend(settings)
+    backend, jobs = _backend(settings)
     metrics = Metrics()
     deployments = DeploymentManager(settings, registry, artifacts, backend, metrics)
     usage = UsageHub(settings.usage_recent_events, metrics.registry)
@@ -108,7 +110,7 @@ def build_services(settings: Settings) -> Services:
         meter=meter,
         billing=BillingService(database, prices, meter),
         datasets=datasets,
-        training=_training(settings, database, registry, models, datasets, artifacts),
+        training=_training(settings, database, registry, models, datasets, artifacts, jobs),
         traffic=TrafficService(
             settings, registry, deployments, routes, TrafficRecords(database), metrics
         ),
@@ -116,11 +118,15 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def _backend(settings: Settings) -> Backend:
-    """Where replicas run: worker processes here, or actors on a Ray cluster."""
+def _backend(settings: Settings) -> tuple[Backend, JobRunner]:
+    """Where replicas and training jobs run: processes here, or actors on a Ray cluster
+    (one connection for both; Ray itself is imported when it joins the cluster)."""
     if settings.backend == "ray":
-        return RayBackend(settings)  # Ray itself is imported when it joins the cluster
-    return LocalBackend(settings)
+        cluster = RayCluster(
+            settings.ray_address, settings.ray_namespace, settings.ray_connect_timeout_s
+        )
+        return RayBackend(settings, cluster), RayJobRunner(cluster)
+    return LocalBackend(settings), LocalJobRunner()
 
 
 def _training(
@@ -130,9 +136,10 @@ def _training(
     models: ModelService,
     datasets: DatasetService,
     artifacts: ArtifactStore,
+    jobs: JobRunner,
 ) -> TrainingService:
-    """The training service: runs in the database, jobs in local worker processes."""
+    """The training service: runs in the database, jobs where ``jobs`` starts them."""
     records = RunRecords(database)
     hub = EventHub()
-    scheduler = JobScheduler(settings, records, datasets, models, artifacts, LocalJobRunner(), hub)
+    scheduler = JobScheduler(settings, records, datasets, models, artifacts, jobs, hub)
     return TrainingService(settings, records, datasets, registry, scheduler, hub)

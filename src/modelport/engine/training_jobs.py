@@ -2,10 +2,11 @@
 
 The scheduler starts queued runs, oldest first, at most ``Settings.training_max_jobs`` at
 once. For each it writes ``<training_dir>/<run_id>/spec.json`` and starts a job worker via
-the runner (``backends/jobs.py``: a subprocess today, Ray later); every event the worker
-reports is stored (``run_events``), folded into the run's progress and published to SSE
-subscribers. On success the bundle goes into the artifact store and is registered as a new
-version of the run's model (runtime "trained") on behalf of the run's tenant.
+the runner (``backends.jobs``: a local subprocess, or ``backends.ray.jobs`` on the Ray
+backend); every event the worker reports is stored (``run_events``), folded into the run's
+progress and published to SSE subscribers. On success the bundle goes into the artifact
+store and is registered as a new version of the run's model (runtime "trained") on behalf
+of the run's tenant.
 
 Stopping the server stops the workers but leaves their runs ``running``; the next start puts
 them back in the queue and the worker resumes from ``<workdir>/checkpoints``.

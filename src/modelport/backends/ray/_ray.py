@@ -10,6 +10,9 @@ Errors leave this module as two classes: ``ActorGone`` when the actor's process 
 (crash, OOM kill, ``ray.kill``, node lost) and ``RayCallError`` for anything else Ray
 raises. Actor methods answer with plain values (see ``actor``), never exceptions, so a
 model's own errors never travel as Ray exceptions.
+
+Code running *inside* an actor asks where it runs with ``placement`` (node, actor, node IP):
+training jobs report it (``jobs``), so a run's events say which Ray node ran it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import importlib
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -224,6 +228,24 @@ def describe_death(exc: BaseException) -> str:
     detail = found.group(1) if found else text.strip().splitlines()[0] if text.strip() else ""
     detail = " ".join(detail.split())
     return f"actor process died: {detail[:240]}" if detail else "actor process died"
+
+
+def placement() -> dict[str, str]:
+    """Inside a Ray actor: its ``node_id``, ``actor_id`` and ``node_ip``; ``{}`` elsewhere.
+
+    Never imports Ray: an actor's process has it imported already, and a process without it
+    (a unit test running an actor class in-process) is simply not on Ray.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    context = ray.get_runtime_context()
+    node_id = str(context.get_node_id())
+    # The address the node joined with (``ray.util.get_node_ip_address`` guesses from routes).
+    node_ip = next(
+        (str(n["NodeManagerAddress"]) for n in ray.nodes() if n.get("NodeID") == node_id), ""
+    )
+    return {"node_id": node_id, "actor_id": str(context.get_actor_id() or ""), "node_ip": node_ip}
 
 
 def _probe(address: str) -> None:

@@ -1,71 +1,44 @@
 """One replica of the Ray backend: a ``ReplicaActor`` and the supervisor task that owns it.
 
-The states and their meaning are those of the local backend (``backends.replica``)::
-
-    STARTING -> READY -> (actor died) -> RESTARTING -> READY ...   backoff doubles per death
-        \\-> FAILED (load failed, died or timed out while loading: no restart loop)
-    any state -> STOPPED (scale down, undeploy, replace, shutdown)
-
-The supervisor, not Ray, restarts actors (they are created with ``max_restarts=0``): a new
-actor per restart keeps the state machine, the backoff and the reasons in one place, and
-the same on both backends. It learns of a death from the actor's ``watch`` call, which is
-pending for the actor's life and fails the moment Ray sees its process gone; calls in
-flight fail at the same moment with ``ActorGone`` and reach callers as ``WorkerCrashed``
-(503), never as a hang.
+The states, the restart loop and lease accounting are those of the local backend
+(``replica_set.SupervisedReplica``: an actor's death counts as a crash). The supervisor, not
+Ray, restarts actors (they are created with ``max_restarts=0``): a new actor per restart
+keeps the state machine, the backoff and the reasons in one place, and the same on both
+backends. It learns of a death from the actor's ``watch`` call, which is pending for the
+actor's life and fails the moment Ray sees its process gone; calls in flight fail at the
+same moment with ``ActorGone`` and reach callers as ``WorkerCrashed`` (503), never as a
+hang.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
-from modelport.backends.base import Replica, ReplicaSetSpec
 from modelport.backends.protocol import CHUNK, END, FAILED, READY, RESULT, load_spec_to_dict
 from modelport.backends.ray._ray import ActorGone, ActorRef, Cluster, RayCallError
 from modelport.backends.ray.actor import ReplicaActor
-from modelport.backends.replica import Signal
+from modelport.backends.replica_set import ReplicaOwner, SupervisedReplica
 from modelport.errors import ModelportError, Unavailable, WorkerCrashed
 from modelport.runtimes.base import Tensors
-from modelport.settings import Settings
-from modelport.types.admin import ReplicaState, ReplicaStatus
+from modelport.types.admin import ReplicaState
 
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 5.0  # for the actor's "stop" (unload) before it is killed
 
 
-class ReplicaOwner(Protocol):
-    """What a replica reads from the set it belongs to."""
-
-    settings: Settings
-    spec: ReplicaSetSpec
-    signal: Signal
-    cluster: Cluster
-
-
-class RayReplica(Replica):
+class RayReplica(SupervisedReplica):
     """One actor and the supervisor task that keeps one running."""
 
-    def __init__(self, owner: ReplicaOwner, replica_id: str) -> None:
-        self.id = replica_id
-        self.number = int(replica_id[1:])
-        self.state = ReplicaState.STARTING
-        self.pid: int | None = None
-        self.restarts = 0
-        self.reason: str | None = None
-        self.inflight = 0
-        self._owner = owner
-        self._settings = owner.settings
-        self._actor: ActorRef | None = None
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._supervise(), name=f"ray-replica-{replica_id}")
+    unit = "an actor"
 
-    @property
-    def _label(self) -> str:
-        return f"replica {self.id} of deployment {self._owner.spec.name!r}"
+    def __init__(self, owner: ReplicaOwner, replica_id: str, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._actor: ActorRef | None = None
+        super().__init__(owner, replica_id)
 
     async def predict(self, inputs: Tensors, params: dict[str, Any]) -> Tensors:
         actor = self._running()
@@ -103,25 +76,6 @@ class RayReplica(Replica):
             if not finished:  # the consumer left early: stop the generation in the actor
                 items.cancel()
 
-    def status(self) -> ReplicaStatus:
-        return ReplicaStatus(
-            id=self.id,
-            state=self.state,
-            pid=self.pid,
-            restarts=self.restarts,
-            reason=self.reason,
-            inflight=self.inflight,
-        )
-
-    def release(self) -> None:
-        self.inflight -= 1
-        self._owner.signal.notify()
-
-    async def stop(self) -> None:
-        """Let leased calls finish, then unload and end the actor."""
-        self._stopping.set()
-        await self._task
-
     def _running(self) -> ActorRef:
         if self._actor is None:
             raise WorkerCrashed(f"{self._label} is not running")
@@ -136,41 +90,13 @@ class RayReplica(Replica):
             actor.kill()  # make sure: its ``watch`` then fails and the supervisor restarts it
         return WorkerCrashed(f"{self._label} crashed ({exc.reason}); restarting")
 
-    def _set_state(self, state: ReplicaState) -> None:
-        self.state = state
-        self._owner.signal.notify()
-
     # -- supervision ------------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        initial = backoff = self._settings.worker_restart_backoff_s
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            started = loop.time()
-            try:
-                died = await self._run_once()
-            except Exception as exc:  # Ray refused to even create the actor
-                logger.exception("%s could not start", self._label)
-                self.reason = f"could not start an actor: {type(exc).__name__}: {exc}"
-                self._set_state(ReplicaState.FAILED)
-                return
-            if not died:
-                break
-            if loop.time() - started > self._settings.worker_restart_backoff_max_s:
-                backoff = initial  # it ran a good while: treat this as a fresh failure
-            self._set_state(ReplicaState.RESTARTING)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._stopping.wait()
-            backoff = min(backoff * 2, self._settings.worker_restart_backoff_max_s)
-        if self.state is not ReplicaState.FAILED:
-            self._set_state(ReplicaState.STOPPED)
 
     async def _run_once(self) -> bool:
         """Start, load and serve one actor; True when it died and should be replaced."""
         self._set_state(ReplicaState.STARTING if self.restarts == 0 else ReplicaState.RESTARTING)
         spec = self._owner.spec
-        actor = self._owner.cluster.spawn(
+        actor = self._cluster.spawn(
             ReplicaActor,
             (load_spec_to_dict(spec.load),),
             env=spec.env,
