@@ -311,11 +311,23 @@ def test_pipeline_graphs_are_validated(http: httpx.Client) -> None:
         http, name="p-unknown", steps=[{"deployment": "scaler"}, {"deployment": "nope"}]
     )
     assert unknown.status_code == 400 and "step 1 (nope)" in unknown.text
+    # clf-a answers label and probabilities: which one feeds scaled-clf's input is unclear
     unmapped = _create(
-        http, name="p-names", steps=[{"deployment": "scaler"}, {"deployment": "scaled-clf"}]
+        http, name="p-names", steps=[{"deployment": "clf-a"}, {"deployment": "scaled-clf"}]
     )
     assert unmapped.status_code == 400 and "step 1 (scaled-clf)" in unmapped.text
     assert "'input'" in unmapped.text
+    # one output into one input links by itself (the names differ: variable → input)
+    piped = _create(
+        http, name="p-piped", steps=[{"deployment": "scaler"}, {"deployment": "scaled-clf"}]
+    )
+    assert piped.status_code == 201, piped.text
+    assert piped.json()["steps"][1]["inputs"] == {"input": "variable"}
+    rows = iris_rows(5, seed=11)
+    scaled = _out(_infer(http, "scaler", rows), "variable").astype(np.float32)
+    expected = _out(_infer(http, "scaled-clf", scaled), "probabilities")
+    np.testing.assert_array_equal(_out(_infer(http, "p-piped", rows), "probabilities"), expected)
+    assert http.delete("/api/pipelines/p-piped").status_code == 204
     cycle = _create(http, name="p-self", steps=[{"deployment": "p-self"}])
     assert cycle.status_code == 400 and "step 0" in cycle.text
     taken = _create(http, name="clf-a", steps=[{"deployment": "clf-b"}])

@@ -74,7 +74,13 @@ def _reachable(start: str, children: StepChildren) -> set[str]:
 
 def _check_sequence(spec: PipelineSpec, sigs: list[Signature]) -> Signature:
     """A step's input comes from the previous step's output of the same name, or from what
-    its mapping names: any earlier step's output or a pipeline input."""
+    its mapping names: any earlier step's output or a pipeline input.
+
+    Like a shell pipe, a step with one input after a step with one output needs no mapping
+    even when the names differ (``minilm``'s ``embedding`` → a head's ``input``): the link
+    is written into ``spec`` as a mapping, so it is stored and shown like a declared one.
+    Anything less clear-cut (several outputs or inputs) must match by name or be mapped.
+    """
     available = {t.name: t for t in sigs[0].inputs}
     previous = available
     for i, (step, sig) in enumerate(zip(spec.steps, sigs, strict=True)):
@@ -82,6 +88,10 @@ def _check_sequence(spec: PipelineSpec, sigs: list[Signature]) -> Signature:
         for target in step.inputs:
             if target not in names:
                 raise _bad(i, step.deployment, f"has no input {target!r} (inputs: {sorted(names)})")
+        if i > 0 and not step.inputs and len(sig.inputs) == 1 and len(previous) == 1:
+            only_in, only_out = sig.inputs[0].name, next(iter(previous))
+            if only_in != only_out:
+                step.inputs[only_in] = only_out
         for wanted in sig.inputs:
             mapped = step.inputs.get(wanted.name)
             pool = available if mapped is not None else previous
