@@ -67,6 +67,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the Ray server only (experiments)",
+    )
     args = parser.parse_args()
     if not RAY.exists():
         sys.exit("the ray package is not installed: pip install -e '.[ray]'")
@@ -77,7 +84,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ray_head() as address:
         envs = {
             "local": base,
-            "ray": {**base, "MODELPORT_BACKEND": "ray", "MODELPORT_RAY_ADDRESS": address},
+            "ray": {
+                **base,
+                "MODELPORT_BACKEND": "ray",
+                "MODELPORT_RAY_ADDRESS": address,
+                **dict(item.split("=", 1) for item in args.ray_env),
+            },
         }
         for round_ in range(args.rounds):
             for label, env in envs.items():

@@ -15,7 +15,9 @@ Every method is synchronous (file parsing, SQL): the API calls them from a threa
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -46,6 +48,12 @@ T = TypeVar("T")
 
 MAX_PREVIEW_ROWS = 100
 _BUILTIN_WAIT_S = 120.0
+# A busy start (demo models registering, a loaded machine) can fail one attempt transiently
+# (a database lock held past the busy timeout); each attempt skips the sets already there.
+_BUILTIN_ATTEMPTS = 3
+_BUILTIN_RETRY_S = 2.0
+
+log = logging.getLogger("modelport.training")
 _UNFINISHED = ("queued", "running")
 
 
@@ -157,7 +165,17 @@ class DatasetService:
     def install_builtins(self) -> list[str]:
         """Register scikit-learn's bundled sets as platform-owned datasets (once per name)."""
         try:
-            return self._install_builtins()
+            for attempt in range(1, _BUILTIN_ATTEMPTS + 1):
+                try:
+                    return self._install_builtins()
+                except Exception as exc:
+                    if attempt == _BUILTIN_ATTEMPTS:
+                        raise
+                    log.warning("registering the built-in datasets failed (attempt %d of %d: "
+                                "%s: %s); trying again", attempt, _BUILTIN_ATTEMPTS,
+                                type(exc).__name__, exc)  # fmt: skip
+                    time.sleep(_BUILTIN_RETRY_S * attempt)
+            raise AssertionError("unreachable")
         finally:
             self._builtins_checked.set()
 
