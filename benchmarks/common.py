@@ -135,6 +135,11 @@ class WrkResult:
         )
 
 
+def median_run(runs: list[WrkResult]) -> WrkResult:
+    """The run with the median req/s (the upper one of an even count)."""
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
 _LUA = """
 wrk.method = "POST"
 {headers}

@@ -24,14 +24,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import SERVER_CPU, WrkResult, free_port, modelport_server, v2_body, wrk
+from benchmarks.common import (
+    SERVER_CPU,
+    WrkResult,
+    free_port,
+    median_run,
+    modelport_server,
+    v2_body,
+    wrk,
+)
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _median(runs: list[WrkResult]) -> WrkResult:
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
 @contextlib.contextmanager
@@ -100,7 +104,7 @@ def main() -> None:
                     wrk(url, body, 16, 2)  # warm-up
                     runs[label].append(wrk(url, body, c, args.seconds))
                 print(runs[label][-1].row(f"round {round_ + 1} {label}"), flush=True)
-    local, ray = _median(runs["local"]), _median(runs["ray"])
+    local, ray = median_run(runs["local"]), median_run(runs["ray"])
     ratio = statistics.median(
         r.rps / lo.rps for r, lo in zip(runs["ray"], runs["local"], strict=True)
     )

@@ -25,6 +25,7 @@ from benchmarks.common import (
     Pinned,
     WrkResult,
     free_port,
+    median_run,
     modelport_server,
     v2_body,
     wait_http,
@@ -32,11 +33,6 @@ from benchmarks.common import (
 )
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def _median(runs: list[WrkResult]) -> WrkResult:
-    by_rps = sorted(runs, key=lambda r: r.rps)
-    return by_rps[len(by_rps) // 2]
 
 
 def main() -> None:
@@ -77,7 +73,7 @@ def main() -> None:
     print(f"(median of {args.rounds} alternating rounds of {args.seconds:g} s each)")
     ratios = {}
     for c in args.concurrency:
-        mp, bare_run = _median(runs[("modelport", c)]), _median(runs[("bare", c)])
+        mp, bare_run = median_run(runs[("modelport", c)]), median_run(runs[("bare", c)])
         ratios[c] = statistics.median(
             m.rps / b.rps for m, b in zip(runs[("modelport", c)], runs[("bare", c)], strict=True)
         )

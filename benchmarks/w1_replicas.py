@@ -22,14 +22,18 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import ADMIN_HEADERS, WrkResult, free_port, modelport_server, v2_body, wrk
+from benchmarks.common import (
+    ADMIN_HEADERS,
+    WrkResult,
+    free_port,
+    median_run,
+    modelport_server,
+    v2_body,
+    wrk,
+)
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 COUNTS = (1, 2)
-
-
-def _median(runs: list[WrkResult]) -> WrkResult:
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
 def _scale(base: str, replicas: int, timeout: float = 60) -> None:
@@ -69,7 +73,7 @@ def main() -> None:
                     wrk(url, body, 16, 2)  # warm-up
                     runs[n].append(wrk(url, body, c, args.seconds))
                     print(runs[n][-1].row(f"round {round_ + 1} {n} replica(s)"), flush=True)
-    one, two = _median(runs[1]), _median(runs[2])
+    one, two = median_run(runs[1]), median_run(runs[2])
     ratio = statistics.median(b.rps / a.rps for a, b in zip(runs[1], runs[2], strict=True))
     print(f"W1 iris, 1 row/request, V2 JSON, c={c}; server unpinned ({os.cpu_count()} CPUs), "
           "wrk on CPU 1")  # fmt: skip
