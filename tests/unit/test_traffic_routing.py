@@ -68,9 +68,19 @@ def test_sequence_maps_outputs_by_name_or_declared_mapping() -> None:
     sig = _check(good)
     assert [t.name for t in sig.inputs] == ["input"]
     assert [t.name for t in sig.outputs] == ["label", "probabilities"]
-    with pytest.raises(InvalidInput, match=r"step 1 \(clf\).*'input'") as exc:
-        _check({"name": "p", "steps": [{"deployment": "scaler"}, {"deployment": "clf"}]})
+    # two outputs (label, probabilities) and no 'input' among them: which one is unclear
+    with pytest.raises(InvalidInput, match=r"step 1 \(clf2\).*'input'") as exc:
+        _check({"name": "p", "steps": [{"deployment": "clf"}, {"deployment": "clf2"}]})
     assert exc.value.param == "steps[1]"
+    # one output into one input: linked by itself and written into the spec as a mapping
+    piped = PipelineSpec.model_validate(
+        {"name": "p", "steps": [{"deployment": "scaler"}, {"deployment": "clf"}]}
+    )
+    assert check(piped, SIGS.get, lambda n: []).outputs == sig.outputs
+    assert piped.steps[1].inputs == {"input": "variable"}
+    # ...and still refused when the datatypes cannot meet (FP32 into BYTES)
+    with pytest.raises(InvalidInput, match=r"step 1 \(text\).*BYTES"):
+        _check({"name": "p", "steps": [{"deployment": "scaler"}, {"deployment": "text"}]})
     with pytest.raises(InvalidInput, match=r"step 1 \(text\).*BYTES"):
         _check(
             {
