@@ -23,19 +23,23 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import ADMIN_HEADERS, WrkResult, free_port, modelport_server, v2_body, wrk
+from benchmarks.common import (
+    ADMIN_HEADERS,
+    WrkResult,
+    free_port,
+    median_run,
+    modelport_server,
+    v2_body,
+    wrk,
+)
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 OFF = {"MODELPORT_AUTH": "false", "MODELPORT_RATE_LIMITS": "false", "MODELPORT_METERING": "false"}
 
 
-def _median(runs: list[WrkResult]) -> WrkResult:
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
-
-
 def _records(base: str, headers: dict[str, str]) -> int:
     """Usage records of model iris the server has committed (waits for the writer)."""
-    time.sleep(1.0)  # the writer group-commits every ~100 ms
+    time.sleep(1.0)  # settle; the usage API commits the journal before it answers
     resp = httpx.get(f"{base}/api/usage", params={"model": "iris"}, headers=headers, timeout=60)
     resp.raise_for_status()
     return int(resp.json()["total"]["requests"])
@@ -74,8 +78,8 @@ def main() -> None:
     print(f"(median of {args.rounds} alternating rounds of {args.seconds:g} s each, c={c})")
     for label, results in runs.items():
         print(f"rounds {label:>3}: " + ", ".join(f"{r.rps:.0f}" for r in results) + " req/s")
-    print(_median(runs["on"]).row("auth+limits+metering on"))
-    print(_median(runs["off"]).row("all three off"))
+    print(median_run(runs["on"]).row("auth+limits+metering on"))
+    print(median_run(runs["off"]).row("all three off"))
     ratio = statistics.median(a.rps / b.rps for a, b in zip(runs["on"], runs["off"], strict=True))
     # wrk stops its clock with up to c requests in flight; the server still answers (and
     # meters) them, but wrk does not count them: so records = counted + 0..c per round.

@@ -163,7 +163,13 @@ class Settings(BaseSettings):
         description="Journal one usage record per answered inference request; enforce budgets.",
     )
     metering_flush_ms: float = Field(
-        default=100.0, gt=0, description="How often the usage journal is committed to the DB."
+        default=1000.0,
+        gt=0,
+        description=(
+            "How often the usage journal is committed to the DB (records are safe in the "
+            "journal meanwhile, and usage reports commit first; larger batches cost the "
+            "server less per record)."
+        ),
     )
     metering_fsync: bool = Field(
         default=False,

@@ -128,6 +128,31 @@ def test_close_keeps_a_segment_with_open_streams(tmp_path: Path) -> None:
         journal.append(_record("late"), final=True)
 
 
+def test_committed_segments_are_recycled_and_spares_are_never_replayed(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path)
+    journal.open()
+    journal.append(_record("a"), final=True)
+    assert journal.rotate() == [_record("a")]
+    first = segments(tmp_path)[0][1]
+    inode = first.stat().st_ino
+    assert journal.release() == 1
+    (spare,) = tmp_path.glob("spare-*.jsonl")  # segment 1, renamed and zeroed
+    assert spare.stat().st_ino == inode and spare.read_bytes().strip(b"\0") == b""
+    # A crash between the rename and the zeroing leaves committed lines in a spare: unread.
+    (tmp_path / "spare-99.jsonl").write_bytes(usage_journal.encode(_record("old")))
+    assert read(tmp_path)[0] == {}
+    journal.append(_record("b"), final=True)
+    assert journal.rotate() == [_record("b")]
+    # The spare came back as the next segment (same file), empty but for what follows.
+    assert [n for n, _ in segments(tmp_path)] == [2, 3]
+    assert segments(tmp_path)[1][1].stat().st_ino == inode
+    journal.append(_record("c"), final=True)
+    assert read(tmp_path)[0] == {"b": _record("b"), "c": _record("c")}
+    # The next start deletes what spares are left.
+    UsageJournal(tmp_path).open()
+    assert list(tmp_path.glob("spare-*.jsonl")) == []
+
+
 # -- replay through the meter into SQLite ------------------------------------------------------
 
 

@@ -12,8 +12,12 @@ The mechanism, end to end:
    (shared with the page cache, so it outlives a killed process), with the
    record's price and cost already fixed: the sheet in force at the request's time.
 3. A writer thread group-commits the journal's final records to ``usage_records`` every
-   ``metering_flush_ms`` (one ``executemany``, ``ON CONFLICT (request_id) DO NOTHING``) and
-   then deletes the journal segments it committed.
+   ``metering_flush_ms`` (one transaction, ``ON CONFLICT (request_id) DO NOTHING``;
+   ``engine.usage_store``) and then retires the journal segments it committed (renamed out
+   of the replay's sight and kept for reuse). The default is a commit a second: on a server
+   pinned to one core, ten commits a second cost 3 to 7 % more CPU per request than one
+   (two runs). The journal keeps the records safe meanwhile, and usage reports and invoices
+   commit first.
 4. At start, before serving, every segment left by a crash is replayed (last line per
    request id wins) and the records the database lacks are inserted. Replaying twice
    inserts nothing twice: ``request_id`` is unique.
