@@ -88,3 +88,43 @@ def metric_value(url: str, name: str, **labels: str) -> float:
 def iris_rows(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.uniform([4.0, 2.0, 1.0, 0.1], [8.0, 4.5, 7.0, 2.5], size=(n, 4)).astype(np.float32)
+
+
+def served_artifact(data_dir: Path, url: str, model: str, version: str = "latest") -> Path:
+    """The artifact file the server keeps for ``model`` (content-addressed, in its data dir)."""
+    info = httpx.get(
+        f"{url}/api/models/{model}/versions/{version}", timeout=10, headers=AUTH
+    ).json()
+    sha = info["artifact_sha256"]
+    return data_dir / "artifacts" / "sha256" / sha[:2] / sha
+
+
+def served_llama(data_dir: Path, url: str, model: str, *, chat_template: bool = False) -> Any:
+    """The GGUF file the server serves for ``model``, in llama-cpp-python with the
+    deployment's settings: its ``n_ctx``, one thread (two for the prompt) and, with
+    ``chat_template``, its chat template as the chat handler. The caller closes it."""
+    from llama_cpp import Llama
+
+    options = httpx.get(f"{url}/api/deployments/{model}", timeout=10, headers=AUTH).json()[
+        "options"
+    ]
+    llm = Llama(
+        model_path=str(served_artifact(data_dir, url, model)),
+        n_ctx=int(options["n_ctx"]),
+        n_threads=1,
+        n_threads_batch=2,
+        verbose=False,
+    )
+    if chat_template:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            return llm.detokenize([token], special=True).decode()
+
+        llm.chat_handler = Jinja2ChatFormatter(
+            template=options["chat_template"],
+            eos_token=text(llm.token_eos()),
+            bos_token=text(llm.token_bos()),
+            stop_token_ids=[llm.token_eos()],
+        ).to_chat_handler()
+    return llm

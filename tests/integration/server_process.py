@@ -37,6 +37,10 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _log_file: BinaryIO | None = None
+    # What the server runs on, for tests that check it: set by whoever starts it on another
+    # backend (for Ray also the id of the one node of its test cluster).
+    backend: str = "local"
+    ray_node_id: str | None = None
 
     @property
     def url(self) -> str:

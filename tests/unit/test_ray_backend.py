@@ -5,7 +5,7 @@ scaling), ``RayReplica`` (supervision, restarts, reasons) and ``ReplicaActor`` (
 real runtime, the echo runtime, on its model thread). The fake stands in for Ray exactly
 where ``_ray`` does: it starts actors, forwards calls and streams, and "kills" an actor by
 failing its pending and later calls with ``ActorGone``, as Ray does when a process dies.
-The real cluster is exercised by tests/integration/test_ray_backend.py.
+The real cluster is exercised by tests/integration/backends/.
 """
 
 from __future__ import annotations

