@@ -5,7 +5,9 @@ servers turn it off). At first start it embeds the bundled reviews with ``minilm
 ``sentiment-head`` through the training service and creates ``review-sentiment``; these
 tests wait for that, then check the answer through V2 (tritonclient, binary tensors) and
 ``:predict`` equals calling the two steps by hand, that obvious sentences get the right
-label, what the run recorded, and that a restart neither retrains nor loses the pipeline.
+label, what the run recorded, that the pipeline is public (a tenant's key may call it, not
+change it), and that a restart neither retrains nor loses the pipeline — and makes a private
+one left by an older version public, once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.http import InferenceServerClientPlugin
 
+from modelport.engine.demo_pipeline import PUBLISHED
 from tests.integration.helpers import AUTH
 from tests.integration.server_process import ServerProcess
 
@@ -159,8 +162,40 @@ def test_bad_input_is_a_400_naming_the_tensor(http: httpx.Client) -> None:
     assert "text" in resp.json()["error"]
 
 
+def test_a_tenant_may_call_the_public_pipeline_but_not_change_it(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    assert http.post("/api/tenants", json={"name": "reviewer"}).status_code == 201
+    made = http.post("/api/keys", json={"tenant": "reviewer", "name": "k",
+                                        "scopes": ["inference", "deploy"]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    headers = {"Authorization": f"Bearer {made.json()['key']}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as tenant:
+        info = tenant.get(f"/api/pipelines/{PIPELINE}").json()
+        assert info["visibility"] == "public" and info["owner"] is None
+        assert PIPELINE in [p["name"] for p in tenant.get("/api/pipelines").json()]
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                            "data": [POSITIVE[0]]}]}  # fmt: skip
+        answer = tenant.post(f"/v2/models/{PIPELINE}/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        label = next(o for o in answer.json()["outputs"] if o["name"] == "label")
+        assert label["data"] == ["positive"]
+        predicted = tenant.post(f"/v1/models/{PIPELINE}:predict", json={"instances": NEGATIVE})
+        assert [p["label"] for p in predicted.json()["predictions"]] == ["negative"] * 3
+        for method, path, json in [
+            ("PUT", f"/api/pipelines/{PIPELINE}/visibility", {"visibility": "private"}),
+            ("DELETE", f"/api/pipelines/{PIPELINE}", None),
+        ]:
+            assert tenant.request(method, path, json=json).status_code == 403
+
+
 def test_a_restart_keeps_the_pipeline_and_does_not_retrain(server: ServerProcess) -> None:
     before = _v2_probabilities(server)
+    # As an older modelport left it: private (platform pipelines had no visibility then).
+    private = httpx.put(f"{server.url}/api/pipelines/{PIPELINE}/visibility", headers=AUTH,
+                        json={"visibility": "private"}, timeout=10)  # fmt: skip
+    assert private.status_code == 200 and private.json()["visibility"] == "private"
+    (server.data_dir / PUBLISHED).unlink()
     server.stop()
     server.start(timeout=300)
     info = _wait_for_pipeline(server)  # restored with the deployments, not rebuilt
@@ -172,6 +207,13 @@ def test_a_restart_keeps_the_pipeline_and_does_not_retrain(server: ServerProcess
     np.testing.assert_array_equal(_v2_probabilities(server), before)
     runs = httpx.get(f"{server.url}/api/runs", params={"model": HEAD}, headers=AUTH).json()
     assert len(runs) == 1
+    # made public once, in the background after the text demos
+    deadline = time.monotonic() + 120
+    while info["visibility"] != "public" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = _wait_for_pipeline(server)
+    assert info["visibility"] == "public"
+    assert (server.data_dir / PUBLISHED).exists()
 
 
 def _state(server: ServerProcess, name: str) -> str:

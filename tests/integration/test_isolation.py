@@ -77,6 +77,7 @@ def _body(method: str, template: str, world: dict[str, Any], name: str) -> Any:
         "/api/models/{name}/versions": world["artifact"],
         "/api/models/{name}/aliases/{alias}": {"version": 1},
         "/api/models/{name}/visibility": {"visibility": "public"},
+        "/api/pipelines/{name}/visibility": {"visibility": "public"},
         "/api/tenants/{tenant}/users": {"name": "mallory", "role": "viewer"},
         "/api/tenants/{name}": {"rpm": 1},
         "/api/keys/{key_id}": {"name": "stolen"},

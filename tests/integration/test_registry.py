@@ -76,7 +76,7 @@ def test_migrated_schema_matches_the_tables(database: Database) -> None:
     with database.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
 
 
 def test_session_rolls_back_on_error(database: Database) -> None:

@@ -359,6 +359,23 @@ def _tenant(admin: httpx.Client, url: str, name: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key['key']}"}, timeout=60)
 
 
+def _own_model(http: httpx.Client, name: str, tmp_path: Path, versions: int = 1) -> None:
+    """Register an iris classifier as ``name`` (as ``http``'s tenant) and deploy version 1."""
+    x, y = load_iris(return_X_y=True)
+    path = _onnx(
+        LogisticRegression(max_iter=500).fit(x.astype(np.float32), y), tmp_path / f"{name}.onnx"
+    )
+    sha = http.post("/api/artifacts", content=path.read_bytes()).json()["sha256"]
+    body = {"artifact_sha256": sha, "artifact_name": path.name, "runtime": "onnx"}
+    for _ in range(versions):
+        assert http.post(f"/api/models/{name}/versions", json=body).status_code == 201
+    assert http.post("/api/deployments", json={"model": name, "version": 1}).status_code == 201
+    for _ in range(600):
+        if http.get(f"/api/deployments/{name}").json().get("state") == "ready":
+            break
+        threading.Event().wait(0.1)
+
+
 def test_other_tenants_get_404_for_pipelines_and_traffic(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -372,21 +389,7 @@ def test_other_tenants_get_404_for_pipelines_and_traffic(
         )
         a = stack.enter_context(_tenant(admin, server.url, "t-a"))
         b = stack.enter_context(_tenant(admin, server.url, "t-b"))
-        x, y = load_iris(return_X_y=True)
-        path = _onnx(
-            LogisticRegression(max_iter=500).fit(x.astype(np.float32), y), tmp_path / "mine.onnx"
-        )
-        sha = a.post("/api/artifacts", content=path.read_bytes()).json()["sha256"]
-        body = {"artifact_sha256": sha, "artifact_name": path.name, "runtime": "onnx"}
-        for _ in range(2):
-            assert a.post("/api/models/a-model/versions", json=body).status_code == 201
-        assert (
-            a.post("/api/deployments", json={"model": "a-model", "version": 1}).status_code == 201
-        )
-        for _ in range(600):
-            if a.get("/api/deployments/a-model").json().get("state") == "ready":
-                break
-            threading.Event().wait(0.1)
+        _own_model(a, "a-model", tmp_path, versions=2)
         made = a.post(
             "/api/pipelines", json={"name": "a-pipe", "steps": [{"deployment": "a-model"}]}
         )
@@ -402,6 +405,7 @@ def test_other_tenants_get_404_for_pipelines_and_traffic(
         calls = [
             ("GET", "/api/pipelines/{p}", None),
             ("DELETE", "/api/pipelines/{p}", None),
+            ("PUT", "/api/pipelines/{p}/visibility", {"visibility": "public"}),
             ("POST", "/v2/models/{p}/infer", _v2(iris_rows(1))),
             ("POST", "/v1/models/{p}:predict", {"instances": iris_rows(1).tolist()}),
             ("GET", "/v2/models/{p}/ready", None),
@@ -422,6 +426,100 @@ def test_other_tenants_get_404_for_pipelines_and_traffic(
         # A still has both
         assert a.post("/v2/models/a-pipe/infer", json=_v2(iris_rows(1))).status_code == 200
         assert a.get("/api/models/a-model/traffic").json()["routes"][1]["weight"] == 50
+
+
+def test_shared_and_public_pipelines(server: ServerProcess, tmp_path: Path) -> None:
+    """As for models: shared → the named tenants may call (not change); public → everyone;
+    publishing refused (400 naming the step) while a step is hidden from that audience."""
+    from modelport.client import Client
+
+    with contextlib.ExitStack() as stack:
+        admin = stack.enter_context(
+            httpx.Client(
+                base_url=server.url,
+                headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
+                timeout=60,
+            )
+        )
+        c = stack.enter_context(_tenant(admin, server.url, "t-c"))
+        d = stack.enter_context(_tenant(admin, server.url, "t-d"))
+        e = stack.enter_context(_tenant(admin, server.url, "t-e"))
+        _own_model(c, "c-model", tmp_path)
+        assert c.post("/api/pipelines", json={"name": "c-pipe",
+                                              "steps": [{"deployment": "c-model"}]}
+                      ).status_code == 201  # fmt: skip
+        row = iris_rows(2)
+        v2, predict = _v2(row), {"instances": row.tolist()}
+
+        def calls(http: httpx.Client) -> tuple[int, int, int, bool]:
+            listed = "c-pipe" in [p["name"] for p in http.get("/api/pipelines").json()]
+            return (http.get("/api/pipelines/c-pipe").status_code,
+                    http.post("/v2/models/c-pipe/infer", json=v2).status_code,
+                    http.post("/v1/models/c-pipe:predict", json=predict).status_code,
+                    listed)  # fmt: skip
+
+        assert calls(d) == (404, 404, 404, False)
+        # shared with D over C's private model: refused, naming the step; nothing changes
+        share_d = {"visibility": "shared", "tenants": ["t-d"]}
+        refused = c.put("/api/pipelines/c-pipe/visibility", json=share_d)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "visibility"
+        assert (
+            "step 0 (c-model) is not visible to tenant(s) t-d" in refused.json()["error"]["message"]
+        )
+        assert c.get("/api/pipelines/c-pipe").json()["visibility"] == "private"
+        assert c.put("/api/models/c-model/visibility", json=share_d).status_code == 200
+        shared = c.put("/api/pipelines/c-pipe/visibility", json=share_d)
+        assert shared.status_code == 200, shared.text
+        assert shared.json()["visibility"] == "shared"
+        assert calls(d) == (200, 200, 200, True)
+        assert calls(e) == (404, 404, 404, False)
+        for method, path, body in [
+            ("PUT", "/api/pipelines/c-pipe/visibility", {"visibility": "public"}),
+            ("DELETE", "/api/pipelines/c-pipe", None),
+        ]:
+            denied = d.request(method, path, json=body)
+            assert denied.status_code == 403, denied.text
+            assert "belongs to another tenant" in denied.text
+        # public: refused while the step is only shared, then callable by everyone
+        refused = c.put("/api/pipelines/c-pipe/visibility", json={"visibility": "public"})
+        assert refused.status_code == 400
+        assert "step 0 (c-model) is not public" in refused.json()["error"]["message"]
+        assert c.put("/api/models/c-model/visibility",
+                     json={"visibility": "public"}).status_code == 200  # fmt: skip
+        with Client(server.url, api_key=c.headers["Authorization"].split()[1]) as sdk:
+            assert sdk.set_pipeline_visibility("c-pipe", "public").visibility == "public"
+        assert calls(e) == (200, 200, 200, True)
+        assert calls(admin) == (200, 200, 200, True)
+        # steps still resolve with the caller's rights: a step made private fails the call,
+        # naming the step, for those who may not see it
+        assert c.put("/api/models/c-model/visibility",
+                     json={"visibility": "private"}).status_code == 200  # fmt: skip
+        hidden = e.post("/v2/models/c-pipe/infer", json=v2)
+        assert hidden.status_code == 503 and "step 0 (c-model)" in hidden.text
+        assert c.post("/v2/models/c-pipe/infer", json=v2).status_code == 200
+        # at creation: the same check; public over public steps works
+        bad = c.post("/api/pipelines", json={"name": "c-bad", "visibility": "public",
+                                             "steps": [{"deployment": "c-model"}]})  # fmt: skip
+        assert bad.status_code == 400 and "step 0 (c-model)" in bad.text
+        assert c.get("/api/pipelines/c-bad").status_code == 404
+        assert admin.put("/api/models/clf-b/visibility",
+                         json={"visibility": "public"}).status_code == 200  # fmt: skip
+        opened = c.post("/api/pipelines", json={"name": "c-open", "visibility": "public",
+                                                "steps": [{"deployment": "clf-b"}]})  # fmt: skip
+        assert opened.status_code == 201, opened.text
+        assert opened.json()["visibility"] == "public" and opened.json()["owner"] == "t-c"
+        assert e.post("/v2/models/c-open/infer", json=v2).status_code == 200
+        # back to private: others lose it again; the audit log has the change
+        assert c.put("/api/pipelines/c-pipe/visibility",
+                     json={"visibility": "private"}).status_code == 200  # fmt: skip
+        assert calls(d) == (404, 404, 404, False)
+        query = {"tenant": "t-c", "action": "PUT /api/pipelines/{name}/visibility"}
+        audit = admin.get("/api/audit", params=query).json()  # written before the answer
+        assert sorted(entry["status"] for entry in audit) == [200] * 3 + [400] * 2, audit
+        assert {entry["target"] for entry in audit} == {"/api/pipelines/c-pipe/visibility"}
+        denied = admin.get("/api/audit", params={**query, "tenant": "t-d"}).json()
+        assert [entry["status"] for entry in denied] == [403]
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -496,6 +594,18 @@ def test_cli_traffic_and_pipelines(server: ServerProcess, http: httpx.Client) ->
     assert _infer(http, "cli-seq", rows)["model_name"] == "cli-seq"
     _cli(server, "pipelines", "delete", "cli-seq", "--json")
     assert http.get("/api/pipelines/cli-seq").status_code == 404
+
+    # visibility, as `models share`: at creation and later
+    assert _cli(server, "models", "share", "clf-b", "--visibility", "public", "--json")
+    info = _cli(server, "pipelines", "create", "cli-pub", "--step", "clf-b",
+                "--visibility", "public", "--json")  # fmt: skip
+    assert info["visibility"] == "public" and info["owner"] is None
+    info = _cli(server, "pipelines", "share", "cli-pub", "--visibility", "shared",
+                "--tenant", "system", "--json")  # fmt: skip
+    assert info["visibility"] == "shared"
+    _cli(server, "pipelines", "share", "cli-pub", "--visibility", "private")  # says so on stderr
+    listed = {p["name"]: p["visibility"] for p in _cli(server, "pipelines", "list", "--json")}
+    assert listed["cli-pub"] == "private"
 
 
 def test_routes_and_pipelines_survive_a_restart(server: ServerProcess) -> None:

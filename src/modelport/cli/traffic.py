@@ -4,8 +4,9 @@ Traffic verbs are top-level (``main`` registers them): ``canary iris 3 --weight 
 version 3 as ``iris.v3`` if needed and gives it 10 % of the requests; ``promote iris 3``
 sends it all; ``rollback iris`` cancels a canary or returns to the version before the
 promotion; ``shadow iris 3`` copies every request to version 3 (answers discarded).
-``pipelines`` is a sub-app: ``create NAME --step A --step B [--kind ...]``, ``list``,
-``show``, ``delete``.
+``pipelines`` is a sub-app: ``create NAME --step A --step B [--kind ...] [--visibility
+public]``, ``list``, ``show``, ``share NAME --visibility shared --tenant T`` (as ``models
+share``) and ``delete``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelport.cli import connect, output
+from modelport.cli import connect, csv_arg, output
+from modelport.cli.models import Visibility
 from modelport.errors import InvalidInput
 from modelport.types.traffic import PipelineInfo, PipelineKind, TrafficStatus
 
@@ -25,6 +27,14 @@ pipelines_app = typer.Typer(help="Pipelines: graphs of deployed models served as
 pipelines_app.info.no_args_is_help = True
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+VisibilityOption = Annotated[
+    Visibility,
+    typer.Option("--visibility", help="private: owner only; shared: named tenants; public."),
+]
+TenantOption = Annotated[
+    list[str] | None,
+    typer.Option("--tenant", "-t", help="Tenant to share with (repeatable, or a,b)."),
+]
 Model = Annotated[str, typer.Argument(help="Model name.")]
 _WHEN = re.compile(
     r"^(?P<source>parameter|input):(?P<name>[^\[=!<>]+)(?:\[(?P<index>\d+)\])?"
@@ -159,13 +169,13 @@ def build_steps(steps: list[str], maps: list[str], whens: list[str]) -> list[dic
 
 def _print_pipelines(items: list[PipelineInfo]) -> None:
     table = Table(title="Pipelines")
-    for header in ("Name", "Kind", "Steps", "Inputs", "Outputs", "Owner"):
+    for header in ("Name", "Kind", "Steps", "Inputs", "Outputs", "Owner", "Visibility"):
         table.add_column(header)
     for p in items:
         table.add_row(
             p.name, p.kind.value, " → ".join(s.deployment for s in p.steps),
             ", ".join(t.name for t in p.inputs_signature),
-            ", ".join(t.name for t in p.outputs_signature), p.owner or "",
+            ", ".join(t.name for t in p.outputs_signature), p.owner or "", p.visibility,
         )  # fmt: skip
     Console(highlight=False).print(table)
 
@@ -191,14 +201,18 @@ def create_pipeline(
         list[str] | None, typer.Option("--output", help="Ensembles: outputs to combine.")
     ] = None,
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    visibility: VisibilityOption = Visibility.PRIVATE,
+    tenant: TenantOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a pipeline over deployed models (validated by the server)."""
     steps = build_steps(step, map_ or [], when or [])
+    tenants = [each for item in tenant or [] for each in csv_arg(item)]
     with connect(ctx) as client:
         info = client.create_pipeline(
-            name, steps, kind=kind.value, outputs=output_ or [], description=description
-        )
+            name, steps, kind=kind.value, outputs=output_ or [], description=description,
+            visibility=visibility.value, tenants=tenants,
+        )  # fmt: skip
     if as_json:
         output.print_json(info)
     else:
@@ -229,6 +243,26 @@ def show_pipeline(
         output.print_json(info)
     else:
         output.print_pretty_json(info)
+
+
+@pipelines_app.command("share")
+@output.cli_errors
+def share_pipeline(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    visibility: VisibilityOption,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set who may see and call a pipeline: its owner, named tenants, or everyone."""
+    tenants = [each for item in tenant or [] for each in csv_arg(item)]
+    with connect(ctx) as client:
+        info = client.set_pipeline_visibility(name, visibility.value, tenants)
+    if as_json:
+        output.print_json(info)
+        return
+    with_whom = f" with {', '.join(tenants)}" if visibility is Visibility.SHARED else ""
+    output.success(f"{info.name} is now {info.visibility}{with_whom}.")
 
 
 @pipelines_app.command("delete")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelport.client.calls import Call, Request, json_call, path_segment, validated_body
 from modelport.client.responses import parse_list, parse_model, parse_nothing
+from modelport.types.admin import SetVisibility
 from modelport.types.traffic import (
     PipelineInfo,
     PipelineSpec,
@@ -53,13 +54,22 @@ class TrafficCalls:
 
     def create_pipeline(
         self, name: str, steps: Sequence[Step], kind: str, outputs: Sequence[str],
-        description: str,
+        description: str, visibility: str = "private", tenants: Sequence[str] = (),
     ) -> Call[PipelineInfo]:  # fmt: skip
         items = [{"deployment": s} if isinstance(s, str) else s for s in steps]
         values = {"name": name, "kind": kind, "steps": items, "outputs": list(outputs),
-                  "description": description}  # fmt: skip
+                  "description": description, "visibility": visibility,
+                  "tenants": list(tenants)}  # fmt: skip
         body = validated_body(PipelineSpec, values)
         return json_call("POST", "/api/pipelines", body, PipelineInfo)
+
+    def set_pipeline_visibility(
+        self, name: str, visibility: str, tenants: Sequence[str] = ()
+    ) -> Call[PipelineInfo]:
+        """``PUT /api/pipelines/{name}/visibility``: private, public, or shared with ``tenants``."""
+        body = validated_body(SetVisibility, {"visibility": visibility, "tenants": list(tenants)})
+        return json_call("PUT", f"/api/pipelines/{path_segment(name)}/visibility", body,
+                         PipelineInfo)  # fmt: skip
 
     def list_pipelines(self) -> Call[list[PipelineInfo]]:
         return Call(Request("GET", "/api/pipelines"), parse_list(PipelineInfo))
@@ -114,10 +124,19 @@ class TrafficMixin:
 
     def create_pipeline(
         self, name: str, steps: Sequence[Step], *, kind: str = "sequence",
-        outputs: Sequence[str] = (), description: str = "",
+        outputs: Sequence[str] = (), description: str = "", visibility: str = "private",
+        tenants: Sequence[str] = (),
     ) -> PipelineInfo:  # fmt: skip
-        """Serve ``steps`` (deployment names or ``StepSpec``) as model ``name``."""
-        return self._send(CALLS.create_pipeline(name, steps, kind, outputs, description))
+        """Serve ``steps`` (deployment names or ``StepSpec``) as model ``name``; ``visibility``
+        and ``tenants`` as for models (shared/public: every step must be visible to them)."""
+        return self._send(CALLS.create_pipeline(name, steps, kind, outputs, description,
+                                                visibility, tenants))  # fmt: skip
+
+    def set_pipeline_visibility(
+        self, name: str, visibility: str, tenants: Sequence[str] = ()
+    ) -> PipelineInfo:
+        """Make pipeline ``name`` private, public, or shared with ``tenants`` (owner/admin)."""
+        return self._send(CALLS.set_pipeline_visibility(name, visibility, tenants))
 
     def list_pipelines(self) -> list[PipelineInfo]:
         return self._send(CALLS.list_pipelines())
@@ -162,9 +181,16 @@ class AsyncTrafficMixin:
 
     async def create_pipeline(
         self, name: str, steps: Sequence[Step], *, kind: str = "sequence",
-        outputs: Sequence[str] = (), description: str = "",
+        outputs: Sequence[str] = (), description: str = "", visibility: str = "private",
+        tenants: Sequence[str] = (),
     ) -> PipelineInfo:  # fmt: skip
-        return await self._send(CALLS.create_pipeline(name, steps, kind, outputs, description))
+        return await self._send(CALLS.create_pipeline(name, steps, kind, outputs, description,
+                                                      visibility, tenants))  # fmt: skip
+
+    async def set_pipeline_visibility(
+        self, name: str, visibility: str, tenants: Sequence[str] = ()
+    ) -> PipelineInfo:
+        return await self._send(CALLS.set_pipeline_visibility(name, visibility, tenants))
 
     async def list_pipelines(self) -> list[PipelineInfo]:
         return await self._send(CALLS.list_pipelines())

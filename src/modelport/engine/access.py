@@ -16,6 +16,10 @@ Rules, applied on every route through the registry and the deployment table:
 ``AccessIndex`` keeps name → ``Owner`` in memory (loaded from the database on first use,
 updated by the registry on every ownership change), so the inference hot path pays a dict
 lookup, not a query.
+
+Pipelines (``engine/pipelines.py``) carry an ``Owner`` of their own under the same rules;
+``audience_sees`` is the extra check before one is shared or made public (its steps must be
+visible to that audience).
 """
 
 from __future__ import annotations
@@ -45,11 +49,29 @@ def may_see(principal: Principal | None, owner: Owner | None) -> bool:
     """Whether ``principal`` may see a model owned as ``owner`` (None: unknown model)."""
     if principal is None or principal.is_admin:
         return True
+    return _tenant_sees(principal.tenant_id, owner)
+
+
+def _tenant_sees(tenant_id: int, owner: Owner | None) -> bool:
     if owner is None:
         return False
-    if owner.visibility == "public" or owner.tenant_id == principal.tenant_id:
+    if owner.visibility == "public" or owner.tenant_id == tenant_id:
         return True
-    return owner.visibility == "shared" and principal.tenant_id in owner.shared_with
+    return owner.visibility == "shared" and tenant_id in owner.shared_with
+
+
+def audience_sees(audience: Owner, step: Owner | None) -> bool:
+    """Whether every tenant that may see something owned as ``audience`` may see ``step``.
+
+    The check before a pipeline becomes shared or public: ``public`` needs a public step;
+    ``shared`` needs a step each named tenant may see (public, shared with it, or its own).
+    A private audience (the owner alone) is not checked here: the owner's own rights apply.
+    """
+    if audience.visibility == "public":
+        return step is not None and step.visibility == "public"
+    if audience.visibility == "shared":
+        return all(_tenant_sees(t, step) for t in audience.shared_with)
+    return True
 
 
 def may_change(principal: Principal | None, owner: Owner | None) -> bool:

@@ -13,11 +13,16 @@ would do by hand, through the same services:
    which the training service registers as a model version; it gets the ``production``
    alias, is made public like the other demos and deployed;
 4. creates pipeline ``review-sentiment`` = sequence [minilm, sentiment-head], the head's
-   ``input`` fed by minilm's ``embedding`` (a step mapping: the names differ).
+   ``input`` fed by minilm's ``embedding`` (a step mapping: the names differ), public like
+   its two steps, so every tenant may call it.
 
 A marker file remembers success, so a user who deletes the pipeline does not get it back.
 Any failure is logged and retried at the next start; it never stops the server. A run left
 unfinished by a stopped server is re-queued by the scheduler and waited for, not repeated.
+
+Data dirs built before pipelines had a visibility hold a private ``review-sentiment`` that
+only admins could see: the first start after the upgrade makes it public, once (a second
+marker remembers it, so an admin who makes it private again is not overruled).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import csv
 import json
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +52,7 @@ from modelport.types.training import (
 log = logging.getLogger("modelport.bootstrap")
 
 MARKER = ".demo-pipeline-installed"
+PUBLISHED = ".demo-pipeline-public"  # the pipeline was made public (new, or at the upgrade)
 PIPELINE = "review-sentiment"
 HEAD = "sentiment-head"
 EMBEDDER = "minilm"
@@ -75,17 +82,22 @@ def start_demo_pipeline(
 ) -> asyncio.Task[bool] | None:
     """Install the demo pipeline in the background once ``after`` (the text demos) ends.
 
-    ``None`` when the settings turn it off or this data dir already has it.
+    ``None`` when the settings turn it off or this data dir already has it (public).
     """
     settings = services.settings
-    if not settings.demo_pipeline or (settings.data_dir / MARKER).exists():
+    if not settings.demo_pipeline or (settings.data_dir / PUBLISHED).exists():
         return None
-    return asyncio.create_task(_after(services, after), name="demo-pipeline")
+    if (settings.data_dir / MARKER).exists():  # built before pipelines had a visibility
+        return asyncio.create_task(_after(services, after, publish_demo_pipeline),
+                                   name="demo-pipeline-publish")  # fmt: skip
+    return asyncio.create_task(_after(services, after, install_demo_pipeline), name="demo-pipeline")
 
 
-async def _after(services: Services, after: asyncio.Task[list[str]]) -> bool:
+async def _after(
+    services: Services, after: asyncio.Task[list[str]], work: Callable[[Services], Awaitable[bool]]
+) -> bool:
     await asyncio.wait({after})
-    return await install_demo_pipeline(services)
+    return await work(services)
 
 
 async def install_demo_pipeline(services: Services) -> bool:
@@ -104,8 +116,34 @@ async def install_demo_pipeline(services: Services) -> bool:
         log.error("the demo pipeline %r could not be built: %s", PIPELINE, message)
         return False
     marker.write_text(f"{PIPELINE}\n")
+    (services.settings.data_dir / PUBLISHED).write_text(f"{PIPELINE}\n")
     log.info("demo pipeline %s ready (%s → %s)", PIPELINE, EMBEDDER, HEAD)
     return True
+
+
+async def publish_demo_pipeline(services: Services) -> bool:
+    """Make an older data dir's private platform ``review-sentiment`` public, once.
+
+    True if it did. Never raises; a failure is logged and tried again at the next start.
+    """
+    try:
+        pipeline = next(
+            (p for p in services.pipelines.list_pipelines() if p.name == PIPELINE), None
+        )
+        if pipeline is not None and pipeline.owner is None and pipeline.visibility == "private":
+            await services.pipelines.set_visibility(PIPELINE, "public", ())
+            log.info("demo pipeline %s is now public", PIPELINE)
+            done = True
+        else:
+            done = False  # deleted, made by a tenant, or already changed by an admin
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a demo must never break the server: log it, retry next start
+        message = exc.message if isinstance(exc, ModelportError) else repr(exc)
+        log.error("the demo pipeline %r could not be made public: %s", PIPELINE, message)
+        return False
+    (services.settings.data_dir / PUBLISHED).write_text(f"{PIPELINE}\n")
+    return done
 
 
 def _may_build(services: Services) -> bool:
@@ -148,7 +186,9 @@ async def _build(services: Services) -> None:
         StepSpec(deployment=HEAD, inputs={"input": "embedding"}),
     ]
     await services.pipelines.create(
-        PipelineSpec(name=PIPELINE, steps=steps, description=_PIPELINE_DESCRIPTION)
+        PipelineSpec(
+            name=PIPELINE, steps=steps, description=_PIPELINE_DESCRIPTION, visibility="public"
+        )
     )
 
 

@@ -8,36 +8,59 @@ rules): ``sequence`` (outputs feed the next step's inputs by name or by a declar
 outputs are averaged, labels voted), ``switch`` (per row, the first step whose condition on
 an input column or a request parameter holds; the last step is the default).
 
-A pipeline belongs to the tenant that created it and only that tenant (and platform admins)
-may see or call it: to anyone else it is a name that does not exist (404). Its name lives in
-the model namespace, so it may not be a model's name. The graph is validated at creation
-against the steps' live signatures (400 naming the step).
+A pipeline belongs to the tenant that created it (``None``: the platform, when an admin made
+it) and has a model's visibility (``engine/access.py``, the same rules and answers):
+``private`` (the owner), ``shared`` (plus named tenants) or ``public`` (every tenant), set at
+creation or by ``set_visibility`` (owner or admin; 403 for one who may only see it). To
+anyone who may not see it, it is a name that does not exist (404). Its steps still resolve
+with the caller's rights: a step the caller may not see fails the call naming the step. So a
+pipeline only becomes shared or public when every step is visible to that audience at that
+moment (400 naming the step, ``param="visibility"``); a step the owner may not see counts as
+not visible. Its name lives in the model namespace, so it may not be a model's name. The
+graph is validated at creation against the steps' live signatures (400 naming the step).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
-from modelport.engine.access import Owner, may_see
+from modelport.engine import pipeline_rows
+from modelport.engine.access import Owner, audience_sees, may_change, may_see
 from modelport.engine.deployments import Deployment, DeploymentManager
 from modelport.engine.pipeline_graph import average, check, merge_rows, switch_rows, vote
 from modelport.engine.principal import current_principal
 from modelport.engine.registry import DeploymentRecord, Registry
+from modelport.engine.registry_rows import check_visibility
 from modelport.engine.routing import InferFn, Route, Routed, RouteTable, Target
-from modelport.errors import Conflict, DeploymentNotFound, ModelportError, NotFound, NotReady
+from modelport.errors import (
+    Conflict,
+    DeploymentNotFound,
+    InvalidInput,
+    ModelportError,
+    NotFound,
+    NotReady,
+    PermissionDenied,
+)
 from modelport.runtimes.base import Tensors
 from modelport.storage.db import Database
-from modelport.storage.tables import PipelineRow, TenantRow
 from modelport.types.admin import DeploymentState, Signature, VersionInfo
 from modelport.types.traffic import PipelineInfo, PipelineKind, PipelineSpec
 
 Resolve = Callable[[str], Target]
+
+
+def _hidden_from(audience: Owner, tenants: Mapping[str, int], step: Owner | None) -> str:
+    """Why a step keeps a pipeline from ``audience`` (the end of a 400 message)."""
+    if audience.visibility == "public":
+        return "is not public: make it public first, or keep the pipeline private"
+    blind = [name for name, tenant_id in tenants.items()
+             if not audience_sees(Owner(None, "shared", frozenset({tenant_id})), step)]  # fmt: skip
+    return f"is not visible to tenant(s) {', '.join(blind)}: share it with them first"
 
 
 class PipelineTarget(Routed, Route):
@@ -47,13 +70,13 @@ class PipelineTarget(Routed, Route):
         self,
         info: PipelineInfo,
         spec: PipelineSpec,
-        tenant_id: int | None,
+        owner: Owner,
         resolve: Resolve,
         state_of: Callable[[str], DeploymentState],
     ) -> None:
         self.info = info
         self.spec = spec
-        self.owner = Owner(tenant_id)
+        self.owner = owner  # replaced whole by a visibility change
         self._resolve = resolve
         self._state_of = state_of
         self.record = DeploymentRecord(name=info.name, model=info.name, version=1)
@@ -195,14 +218,15 @@ class PipelineService:
 
     async def restore(self) -> None:
         """Install the stored pipelines (server start)."""
-        for row, owner in await asyncio.to_thread(self._load_rows):
+        for stored in await asyncio.to_thread(pipeline_rows.load, self._db):
+            row = stored.row
             spec = PipelineSpec.model_validate({**row.spec, "name": row.name, "kind": row.kind,
                                                 "description": row.description})  # fmt: skip
             try:
                 signature = self._check(spec)
             except ModelportError:
                 signature = Signature()  # a step is gone: the pipeline answers 503 naming it
-            self._install(spec, signature, row.tenant_id, owner, row.created_at)
+            self._install(spec, signature, stored.owner, stored.owner_name, row.created_at)
 
     def list_pipelines(self) -> list[PipelineInfo]:
         return [p.info for name, p in sorted(self._pipelines.items()) if p.visible()]
@@ -225,18 +249,35 @@ class PipelineService:
             signature = self._check(spec)
             who = current_principal()
             tenant_id = who.tenant_id if who is not None and not who.is_admin else None
+            owner = await self._audience(spec, tenant_id, spec.visibility, spec.tenants)
             now = datetime.now(UTC)
-            tenant = await asyncio.to_thread(self._insert, spec, tenant_id, now)
-            return self._install(spec, signature, tenant_id, tenant, now).info
+            name = await asyncio.to_thread(pipeline_rows.insert, self._db, spec, owner, now)
+            return self._install(spec, signature, owner, name, now).info
+
+    async def set_visibility(
+        self, name: str, visibility: str, tenants: Iterable[str]
+    ) -> PipelineInfo:
+        """Make ``name`` private, public, or shared with the named tenants (replacing shares).
+
+        Owner or admin (403 for one who may only see it); shared or public only when every
+        step is visible to that audience (400 naming the step).
+        """
+        async with self._lock:
+            target = self._changeable(name)
+            owner = await self._audience(target.spec, target.owner.tenant_id, visibility, tenants)
+            await asyncio.to_thread(pipeline_rows.set_visibility, self._db, name, owner)
+            target.owner = owner
+            target.info = target.info.model_copy(update={"visibility": owner.visibility})
+            return target.info
 
     async def delete(self, name: str) -> None:
         async with self._lock:
-            self._visible(name)
+            self._changeable(name)
             users = sorted(p.info.name for p in self._pipelines.values()
                            if any(s.deployment == name for s in p.spec.steps))  # fmt: skip
             if users:
                 raise Conflict(f"pipeline {name!r} is a step of {users}", param="name")
-            await asyncio.to_thread(self._delete_row, name)
+            await asyncio.to_thread(pipeline_rows.remove, self._db, name)
             target = self._pipelines.pop(name)
             self._routes.remove(name, target)
 
@@ -247,6 +288,42 @@ class PipelineService:
         if target is None or not target.visible():
             raise NotFound(f"pipeline {name!r} not found", param="name")
         return target
+
+    def _changeable(self, name: str) -> PipelineTarget:
+        """The pipeline, if the caller may change it (404 if it may not see it, else 403)."""
+        target = self._visible(name)
+        if not may_change(current_principal(), target.owner):
+            raise PermissionDenied(
+                f"pipeline {name!r} belongs to another tenant: it can be used, not changed",
+                param="name",
+            )
+        return target
+
+    async def _audience(
+        self, spec: PipelineSpec, tenant_id: int | None, visibility: str, tenants: Iterable[str]
+    ) -> Owner:
+        """The ``Owner`` a pipeline would have, once its steps are known to be visible to it."""
+        names = check_visibility(visibility, tenants)
+        ids = await asyncio.to_thread(pipeline_rows.lookup_tenants, self._db, names)
+        owner = Owner(tenant_id, visibility, frozenset(ids.values()))
+        for i, step in enumerate(spec.steps):
+            seen = self._step_owner(step.deployment)
+            if not audience_sees(owner, seen):
+                why = _hidden_from(owner, ids, seen)
+                message = f"pipeline {spec.name!r} step {i} ({step.deployment}) {why}"
+                raise InvalidInput(message, param="visibility")
+        return owner
+
+    def _step_owner(self, step: str) -> Owner | None:
+        """Who owns step ``step``, as far as the caller may see it (None: it may not)."""
+        pipeline = self._pipelines.get(step)
+        if pipeline is not None:
+            return pipeline.owner if pipeline.visible() else None
+        try:
+            target = self._resolve(step)
+        except ModelportError:
+            return None
+        return self._access.owner(target.record.model)
 
     def _check(self, spec: PipelineSpec) -> Signature:
         def signature_of(step: str) -> Signature | None:
@@ -266,42 +343,19 @@ class PipelineService:
         return check(spec, signature_of, children)
 
     def _install(
-        self, spec: PipelineSpec, signature: Signature, tenant_id: int | None,
-        owner: str | None, created_at: datetime,
+        self, spec: PipelineSpec, signature: Signature, owner: Owner,
+        owner_name: str | None, created_at: datetime,
     ) -> PipelineTarget:  # fmt: skip
         info = PipelineInfo(
             name=spec.name, kind=spec.kind, steps=spec.steps, outputs=spec.outputs,
             description=spec.description, inputs_signature=signature.inputs,
-            outputs_signature=signature.outputs, owner=owner, created_at=created_at,
+            outputs_signature=signature.outputs, owner=owner_name,
+            visibility=owner.visibility, created_at=created_at,
         )  # fmt: skip
-        target = PipelineTarget(info, spec, tenant_id, self._resolve, self._state)
+        target = PipelineTarget(info, spec, owner, self._resolve, self._state)
         self._pipelines[spec.name] = target
         self._routes.set(spec.name, target)
         return target
 
     def _state(self, name: str) -> DeploymentState:
         return self._deployments.status(name).state
-
-    def _load_rows(self) -> list[tuple[PipelineRow, str | None]]:
-        with self._db.session() as s:
-            rows = s.execute(
-                select(PipelineRow, TenantRow.name)
-                .outerjoin(TenantRow, PipelineRow.tenant_id == TenantRow.id)
-                .order_by(PipelineRow.id)  # creation order: a step pipeline comes first
-            ).all()
-            return [(row, owner) for row, owner in rows]
-
-    def _insert(self, spec: PipelineSpec, tenant_id: int | None, now: datetime) -> str | None:
-        body = spec.model_dump(mode="json", include={"steps", "outputs"})
-        with self._db.session(write=True) as s:
-            s.add(PipelineRow(name=spec.name, tenant_id=tenant_id, kind=spec.kind.value,
-                              spec=body, description=spec.description, created_at=now))  # fmt: skip
-            if tenant_id is None:
-                return None
-            return s.scalar(select(TenantRow.name).where(TenantRow.id == tenant_id))
-
-    def _delete_row(self, name: str) -> None:
-        with self._db.session(write=True) as s:
-            row = s.scalar(select(PipelineRow).where(PipelineRow.name == name))
-            if row is not None:
-                s.delete(row)

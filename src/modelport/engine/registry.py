@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelport.engine.access import VISIBILITIES, AccessIndex, Owner
+from modelport.engine.access import AccessIndex, Owner
 from modelport.engine.deployment_records import DeploymentRecord, DeploymentRecords
 from modelport.engine.principal import current_principal
 from modelport.engine.registry_rows import (
@@ -29,10 +29,12 @@ from modelport.engine.registry_rows import (
     check_alias,
     check_json,
     check_name,
+    check_visibility,
     model_row,
     point_alias,
     refuse_if_deployed,
     resolve,
+    tenant_ids,
     version_info,
 )
 from modelport.errors import Conflict, InvalidInput, ModelNotFound, NotFound
@@ -174,28 +176,11 @@ class Registry(DeploymentRecords):
     def set_visibility(self, name: str, visibility: str, tenants: Iterable[str]) -> ModelInfo:
         """Make ``name`` private, public, or shared with the named tenants (replacing shares)."""
         self._require(name, change=True)
-        if visibility not in VISIBILITIES:
-            raise InvalidInput(
-                f"visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}",
-                param="visibility",
-            )
-        names = sorted(set(tenants))
-        if names and visibility != "shared":
-            raise InvalidInput(
-                "tenants can only be given with visibility 'shared'", param="tenants"
-            )
+        names = check_visibility(visibility, tenants)
 
         def work(s: Session) -> Owner:
             model = model_row(s, name, lock=True)
-            ids: dict[str, int] = {
-                n: i
-                for n, i in s.execute(
-                    select(TenantRow.name, TenantRow.id).where(TenantRow.name.in_(names))
-                )
-            }
-            missing = [n for n in names if n not in ids]
-            if missing:
-                raise InvalidInput(f"unknown tenant(s): {', '.join(missing)}", param="tenants")
+            ids = tenant_ids(s, names)
             model.visibility = visibility
             s.execute(delete(ModelShareRow).where(ModelShareRow.model_id == model.id))
             for tenant_id in ids.values():

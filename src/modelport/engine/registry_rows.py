@@ -1,20 +1,22 @@
 """Row-level helpers of the registry: name checks, lookups and conversions to wire models.
 
-Shared by ``registry.py`` (models, versions, aliases) and ``deployment_records.py``; each
-function works inside a session the caller opened.
+Shared by ``registry.py`` (models, versions, aliases), ``deployment_records.py`` and, for
+visibility, ``pipeline_rows.py``; each function works inside a session the caller opened.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelport.engine.access import VISIBILITIES
 from modelport.errors import Conflict, InvalidInput, ModelNotFound, VersionNotFound
-from modelport.storage.tables import AliasRow, DeploymentRow, ModelRow, VersionRow
+from modelport.storage.tables import AliasRow, DeploymentRow, ModelRow, TenantRow, VersionRow
 from modelport.types.admin import NAME_PATTERN, Signature, VersionInfo
 
 LATEST = "latest"
@@ -45,6 +47,31 @@ def check_json(value: dict[str, Any], param: str) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{param} is not JSON-serialisable: {exc}", param=param) from exc
+
+
+def check_visibility(visibility: str, tenants: Iterable[str]) -> list[str]:
+    """The sorted tenant names of a visibility change (400 if they do not go together)."""
+    if visibility not in VISIBILITIES:
+        raise InvalidInput(
+            f"visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}",
+            param="visibility",
+        )
+    names = sorted(set(tenants))
+    if names and visibility != "shared":
+        raise InvalidInput("tenants can only be given with visibility 'shared'", param="tenants")
+    return names
+
+
+def tenant_ids(s: Session, names: list[str]) -> dict[str, int]:
+    """Tenant name → id for ``names`` (400 naming the unknown ones)."""
+    ids: dict[str, int] = {
+        n: i
+        for n, i in s.execute(select(TenantRow.name, TenantRow.id).where(TenantRow.name.in_(names)))
+    }
+    missing = [n for n in names if n not in ids]
+    if missing:
+        raise InvalidInput(f"unknown tenant(s): {', '.join(missing)}", param="tenants")
+    return ids
 
 
 def model_row(s: Session, name: str, *, lock: bool = False) -> ModelRow:

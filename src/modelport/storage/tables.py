@@ -7,8 +7,8 @@ time), ``usage_records`` (one per answered request, unique by request id) and ``
 Training: ``datasets`` (numbered versions of uploaded files, plus the built-in sets),
 ``training_runs`` (one row per job and its experiment record) and ``run_events`` (its
 progress events, numbered per run).
-Traffic and pipelines: ``traffic_routes`` (a model's split between its deployments) and
-``pipelines`` (graphs of deployed models served as one model name).
+Traffic and pipelines: ``traffic_routes`` (a model's split between its deployments),
+``pipelines`` (graphs of deployed models served as one model name) and ``pipeline_shares``.
 Money columns are ``Numeric`` read back as ``Decimal``, never floats.
 
 The same definitions run on SQLite and PostgreSQL: JSON columns use the portable ``JSON``
@@ -410,7 +410,7 @@ class PipelineRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    # The owning tenant (NULL: the platform); only it (and platform admins) may see it.
+    # The owning tenant (NULL: the platform).
     tenant_id: Mapped[int | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
     )
@@ -419,3 +419,18 @@ class PipelineRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # As a model's: "private" (owner only), "shared" (owner + pipeline_shares), "public".
+    visibility: Mapped[str] = mapped_column(
+        String(16), default="private", server_default=text("'private'")
+    )
+
+
+class PipelineShareRow(Base):
+    """A tenant a ``shared`` pipeline is shared with."""
+
+    __tablename__ = "pipeline_shares"
+    __table_args__ = (UniqueConstraint("pipeline_id", "tenant_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -70,7 +70,7 @@ class ModelDetail(ModelInfo):
 
 
 class SetVisibility(BaseModel):
-    """Body of ``PUT /api/models/{name}/visibility``."""
+    """Body of ``PUT /api/models/{name}/visibility`` (and ``/api/pipelines/{name}/...``)."""
 
     model_config = ConfigDict(extra="forbid")
 

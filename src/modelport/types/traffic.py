@@ -122,6 +122,12 @@ class PipelineSpec(BaseModel):
         "average, every other output for vote, that all steps share).",
     )
     description: str = ""
+    visibility: Literal["private", "shared", "public"] = Field(
+        default="private",
+        description="Who may see and call it, as for models (shared/public: every step must "
+        "be visible to that audience).",
+    )
+    tenants: list[str] = Field(default_factory=list, description="With 'shared': who.")
 
 
 class PipelineInfo(BaseModel):
@@ -135,6 +141,7 @@ class PipelineInfo(BaseModel):
     inputs_signature: list[TensorSpec] = Field(default_factory=list)
     outputs_signature: list[TensorSpec] = Field(default_factory=list)
     owner: str | None = Field(default=None, description="Owning tenant; null: the platform.")
+    visibility: str = Field(default="private", description="private, shared or public.")
     created_at: datetime
 
     def signature(self) -> Signature:

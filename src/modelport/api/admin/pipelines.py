@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from modelport.api.deps import ServicesDep
+from modelport.types.admin import SetVisibility
 from modelport.types.traffic import PipelineInfo, PipelineSpec
 
 router = APIRouter(prefix="/api", tags=["pipelines"])
@@ -29,6 +30,15 @@ async def create_pipeline(services: ServicesDep, body: PipelineSpec) -> Pipeline
 @router.get("/pipelines/{name}", response_model=PipelineInfo, summary="A pipeline")
 async def get_pipeline(services: ServicesDep, name: str) -> PipelineInfo:
     return services.pipelines.get(name)
+
+
+@router.put(
+    "/pipelines/{name}/visibility",
+    response_model=PipelineInfo,
+    summary="Make a pipeline private, public, or shared with named tenants (owner or admin)",
+)
+async def set_visibility(services: ServicesDep, name: str, body: SetVisibility) -> PipelineInfo:
+    return await services.pipelines.set_visibility(name, body.visibility, body.tenants)
 
 
 @router.delete("/pipelines/{name}", status_code=204, summary="Delete a pipeline")
