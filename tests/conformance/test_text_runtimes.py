@@ -157,6 +157,23 @@ def test_gguf_refusals(gemma: Any, work: Path) -> None:
         runtime_class("gguf").check_artifact(not_gguf, not_gguf.name, trusted=True)
 
 
+def test_gguf_worker_env_carries_the_openmp_spin(
+    gemma: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libgomp reads GOMP_SPINCOUNT once, when llama.cpp loads: workers get it at start."""
+    gguf_class = runtime_class("gguf")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert gguf_class.worker_env({}) == {"GOMP_SPINCOUNT": "3000"}
+    assert gguf_class.worker_env({"omp_spincount": 20000}) == {"GOMP_SPINCOUNT": "20000"}
+    assert gguf_class.worker_env({"omp_spincount": "many"}) == {}  # load() refuses it
+    monkeypatch.setenv("GOMP_SPINCOUNT", "777")  # the operator's: inherited as it is
+    assert gguf_class.worker_env({}) == {}
+    assert gguf_class.worker_env({"omp_spincount": 0}) == {"GOMP_SPINCOUNT": "0"}
+    assert runtime_class("sklearn").worker_env({"omp_spincount": 1}) == {}
+    with pytest.raises(ModelLoadError, match="omp_spincount must be an integer"):
+        tm.loaded("gguf", gemma.path, omp_spincount=-1)
+
+
 # --- transformers: MiniLM (sentence-transformers) -----------------------------------------
 
 

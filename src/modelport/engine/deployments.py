@@ -34,7 +34,7 @@ from modelport.engine.models import load_options
 from modelport.engine.registry import DeploymentRecord, Registry
 from modelport.errors import DeploymentNotFound, ModelportError, NotReady
 from modelport.observability.metrics import DeploymentGauges, Metrics
-from modelport.runtimes.base import LoadSpec
+from modelport.runtimes.base import LoadSpec, runtime_class
 from modelport.settings import Settings
 from modelport.storage.artifacts import ArtifactStore
 from modelport.types.admin import (
@@ -298,7 +298,10 @@ class DeploymentManager:
             signature=version.signature,
             options=load_options(self._settings, version.metadata, record.options),
         )
-        await self._backend.deploy(ReplicaSetSpec(name=record.name, load=load, replicas=replicas))
+        env = runtime_class(version.runtime).worker_env(load.options)
+        await self._backend.deploy(
+            ReplicaSetSpec(name=record.name, load=load, replicas=replicas, env=env)
+        )
         old = self._live.get(record.name)
         live = Deployment(
             record=record,

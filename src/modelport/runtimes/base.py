@@ -70,6 +70,18 @@ class Runtime(ABC):
         execute anything from the artifact.
         """
 
+    @classmethod
+    def worker_env(cls, options: Mapping[str, Any]) -> dict[str, str]:
+        """Environment variables a worker needs *from its start* to run this runtime.
+
+        For settings a library reads once, when it is loaded (OpenMP's spin count for
+        llama.cpp): ``load`` would be too late in a warm spare, which imports the runtime's
+        libraries before it learns what it will load. Backends put these in the worker's
+        environment, and a spare only serves replicas of the same environment
+        (``backends.spares``). Called in the API process with the load options.
+        """
+        return {}
+
     @abstractmethod
     def load(self) -> Signature:
         """Load the model and return its signature (the given one if the spec had it)."""

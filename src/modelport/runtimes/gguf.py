@@ -18,11 +18,13 @@ prefix reuse instead), so an answer depends on its request only, not on what the
 served before.
 
 Threads: llama.cpp's CPU backend runs on OpenMP, whose idle threads by default spin for
-a while (``GOMP_SPINCOUNT``, 300,000 turns) after each parallel part. After the prompt's
-multi-threaded evaluation that spin holds a core for several milliseconds — exactly when the
-API server needs it to forward the first token (on 2 cores it added ~4 ms to time-to-first-
-token). The worker is a process of its own, so :func:`tune_openmp` shortens the spin there
-before llama.cpp (hence libgomp) loads; ``options["omp_spincount"]`` changes it.
+a while (``GOMP_SPINCOUNT``, 300,000 turns, ~12 ms on this VM) after each parallel part.
+After the prompt's multi-threaded evaluation that spin holds a core exactly when the API
+server needs it to forward the first token (on 2 cores: +2.5 ms time-to-first-token over
+150 paired rounds, benchmarks/llm_stream.py). libgomp reads the variable once, when it
+loads, so the worker gets it in its environment from the start (:meth:`worker_env`; a warm
+spare imports llama.cpp before it knows its model); ``options["omp_spincount"]`` changes
+it, and a ``GOMP_SPINCOUNT`` in the server's own environment is left to the workers.
 
 Options: ``n_ctx`` (2048, rounded up to a multiple of 256), ``threads`` (generation, 1),
 ``threads_batch`` (prompt, 2), ``chat_template``, ``prefix_cache`` (false),
@@ -146,6 +148,15 @@ class GgufRuntime(Runtime):
         self._prefix_cache = bool(spec.options.get("prefix_cache", False))
 
     @classmethod
+    def worker_env(cls, options: Mapping[str, Any]) -> dict[str, str]:
+        if "omp_spincount" not in options and "GOMP_SPINCOUNT" in os.environ:
+            return {}  # the operator's own setting reaches the workers as it is
+        try:
+            return {"GOMP_SPINCOUNT": str(_spincount(options))}
+        except ModelLoadError:
+            return {}  # load() refuses the option with this error
+
+    @classmethod
     def check_artifact(cls, path: Path, artifact_name: str, *, trusted: bool) -> None:
         if importlib.util.find_spec("llama_cpp") is None:  # looked up, not imported
             raise InvalidInput(
@@ -161,7 +172,7 @@ class GgufRuntime(Runtime):
 
     def load(self) -> Signature:
         options = self.spec.options
-        tune_openmp(int(options.get("omp_spincount", OMP_SPINCOUNT)))
+        tune_openmp(_spincount(options))  # in-process use; a worker has it from the start
         llama_class = _counting_llama_class()
         try:
             self._llm = llama_class(
@@ -301,6 +312,14 @@ class GgufRuntime(Runtime):
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+def _spincount(options: Mapping[str, Any]) -> int:
+    """The ``omp_spincount`` option (default ``OMP_SPINCOUNT``); a bad one: ModelLoadError."""
+    value = options.get("omp_spincount", OMP_SPINCOUNT)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ModelLoadError(f"option omp_spincount must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _context_size(requested: int) -> int:

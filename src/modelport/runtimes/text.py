@@ -25,7 +25,7 @@ OpenAI ``usage`` and into one usage event per request (counting only deltas actu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 # Capability names a runtime declares in ``Runtime.capabilities``.
@@ -57,7 +57,10 @@ class GenerationRequest:
     messages: list[dict[str, Any]] | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "messages": self.messages, "params": asdict(self.params)}
+        # A shallow copy, not ``asdict``: its recursive deep copy costs ~25 us on every
+        # generation's way to the worker, where the payload is pickled right away anyway.
+        params = {**vars(self.params), "stop": list(self.params.stop)}
+        return {"prompt": self.prompt, "messages": self.messages, "params": params}
 
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> GenerationRequest:
