@@ -284,6 +284,8 @@ def test_audit_and_share(server: ServerProcess) -> None:
         )
     )
     assert shared["visibility"] == "shared"
+    line = admin(server, "models", "share", "digits", "--visibility", "shared", "-t", "audited")
+    assert line.exit_code == 0 and "digits is now shared with audited." in line.output
     public = admin(server, "models", "share", "digits", "--visibility", "public", "--json")
     assert ok_json(public)["visibility"] == "public"
     entries = ok_json(admin(server, "audit", "--limit", "500", "--json"))

@@ -359,6 +359,16 @@ def _tenant(admin: httpx.Client, url: str, name: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key['key']}"}, timeout=60)
 
 
+@contextlib.contextmanager
+def _tenants(server: ServerProcess, *names: str) -> Iterator[tuple[httpx.Client, ...]]:
+    """An admin client, then a client for each new tenant of ``names``; closed on exit."""
+    with contextlib.ExitStack() as stack:
+        auth = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+        admin = stack.enter_context(httpx.Client(base_url=server.url, headers=auth, timeout=60))
+        tenants = [stack.enter_context(_tenant(admin, server.url, name)) for name in names]
+        yield (admin, *tenants)
+
+
 def _own_model(http: httpx.Client, name: str, tmp_path: Path, versions: int = 1) -> None:
     """Register an iris classifier as ``name`` (as ``http``'s tenant) and deploy version 1."""
     x, y = load_iris(return_X_y=True)
@@ -379,16 +389,7 @@ def _own_model(http: httpx.Client, name: str, tmp_path: Path, versions: int = 1)
 def test_other_tenants_get_404_for_pipelines_and_traffic(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    with contextlib.ExitStack() as stack:
-        admin = stack.enter_context(
-            httpx.Client(
-                base_url=server.url,
-                headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
-                timeout=60,
-            )
-        )
-        a = stack.enter_context(_tenant(admin, server.url, "t-a"))
-        b = stack.enter_context(_tenant(admin, server.url, "t-b"))
+    with _tenants(server, "t-a", "t-b") as (_, a, b):
         _own_model(a, "a-model", tmp_path, versions=2)
         made = a.post(
             "/api/pipelines", json={"name": "a-pipe", "steps": [{"deployment": "a-model"}]}
@@ -433,17 +434,7 @@ def test_shared_and_public_pipelines(server: ServerProcess, tmp_path: Path) -> N
     publishing refused (400 naming the step) while a step is hidden from that audience."""
     from modelport.client import Client
 
-    with contextlib.ExitStack() as stack:
-        admin = stack.enter_context(
-            httpx.Client(
-                base_url=server.url,
-                headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
-                timeout=60,
-            )
-        )
-        c = stack.enter_context(_tenant(admin, server.url, "t-c"))
-        d = stack.enter_context(_tenant(admin, server.url, "t-d"))
-        e = stack.enter_context(_tenant(admin, server.url, "t-e"))
+    with _tenants(server, "t-c", "t-d", "t-e") as (admin, c, d, e):
         _own_model(c, "c-model", tmp_path)
         assert c.post("/api/pipelines", json={"name": "c-pipe",
                                               "steps": [{"deployment": "c-model"}]}

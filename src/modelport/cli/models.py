@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from modelport.cli import connect, csv_arg, load_json_arg, output
+from modelport.cli import connect, load_json_arg, output
+from modelport.cli.sharing import TenantOption, VisibilityOption, report, tenant_list
 from modelport.errors import InvalidInput
 
 app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
@@ -162,33 +162,17 @@ def alias(
         output.success(f"{name}@{alias_name} → v{info.version}")
 
 
-class Visibility(StrEnum):
-    PRIVATE = "private"
-    SHARED = "shared"
-    PUBLIC = "public"
-
-
 @app.command("share")
 @output.cli_errors
 def share(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name.")],
-    visibility: Annotated[
-        Visibility,
-        typer.Option("--visibility", help="private: owner only; shared: named tenants; public."),
-    ],
-    tenant: Annotated[
-        list[str] | None,
-        typer.Option("--tenant", "-t", help="Tenant to share with (repeatable, or a,b)."),
-    ] = None,
+    visibility: VisibilityOption,
+    tenant: TenantOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Set who may see and call a model: its owner, named tenants, or everyone."""
-    tenants = [each for item in tenant or [] for each in csv_arg(item)]
+    tenants = tenant_list(tenant)
     with connect(ctx) as client:
         info = client.set_visibility(name, visibility.value, tenants)
-    if as_json:
-        output.print_json(info)
-        return
-    with_whom = f" with {', '.join(tenants)}" if visibility is Visibility.SHARED else ""
-    output.success(f"{info.name} is now {info.visibility}{with_whom}.")
+    report(info, tenants, as_json=as_json)

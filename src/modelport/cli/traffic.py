@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelport.cli import connect, csv_arg, output
-from modelport.cli.models import Visibility
+from modelport.cli import connect, output
+from modelport.cli.sharing import TenantOption, Visibility, VisibilityOption, report, tenant_list
 from modelport.errors import InvalidInput
 from modelport.types.traffic import PipelineInfo, PipelineKind, TrafficStatus
 
@@ -27,14 +27,6 @@ pipelines_app = typer.Typer(help="Pipelines: graphs of deployed models served as
 pipelines_app.info.no_args_is_help = True
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
-VisibilityOption = Annotated[
-    Visibility,
-    typer.Option("--visibility", help="private: owner only; shared: named tenants; public."),
-]
-TenantOption = Annotated[
-    list[str] | None,
-    typer.Option("--tenant", "-t", help="Tenant to share with (repeatable, or a,b)."),
-]
 Model = Annotated[str, typer.Argument(help="Model name.")]
 _WHEN = re.compile(
     r"^(?P<source>parameter|input):(?P<name>[^\[=!<>]+)(?:\[(?P<index>\d+)\])?"
@@ -207,7 +199,7 @@ def create_pipeline(
 ) -> None:
     """Create a pipeline over deployed models (validated by the server)."""
     steps = build_steps(step, map_ or [], when or [])
-    tenants = [each for item in tenant or [] for each in csv_arg(item)]
+    tenants = tenant_list(tenant)
     with connect(ctx) as client:
         info = client.create_pipeline(
             name, steps, kind=kind.value, outputs=output_ or [], description=description,
@@ -255,14 +247,10 @@ def share_pipeline(
     as_json: JsonFlag = False,
 ) -> None:
     """Set who may see and call a pipeline: its owner, named tenants, or everyone."""
-    tenants = [each for item in tenant or [] for each in csv_arg(item)]
+    tenants = tenant_list(tenant)
     with connect(ctx) as client:
         info = client.set_pipeline_visibility(name, visibility.value, tenants)
-    if as_json:
-        output.print_json(info)
-        return
-    with_whom = f" with {', '.join(tenants)}" if visibility is Visibility.SHARED else ""
-    output.success(f"{info.name} is now {info.visibility}{with_whom}.")
+    report(info, tenants, as_json=as_json)
 
 
 @pipelines_app.command("delete")
