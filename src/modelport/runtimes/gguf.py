@@ -371,7 +371,7 @@ def _counting_llama_class() -> type[Llama]:
             finally:
                 # Each generate builds a new llama.cpp sampler chain (vocabulary-sized
                 # buffers: ~3 MB for Gemma's 262k tokens) whose Python wrapper sits in a
-                # reference cycle, so only the cyclic GC would free it: a worker grew by
+                # reference cycle, so only the cyclic GC would free it: a process grew by
                 # ~130 MB over 80 requests between collections. Free it now.
                 sampler, self._sampler = self._sampler, None
                 if sampler is not None:
