@@ -9,8 +9,9 @@ In-process and served runs alternate (this VM drifts). Tokens/s: medians over ``
 128-token streams. TTFT overhead: the median of per-round differences over ``--ttft-rounds``
 short streams (4 tokens): a 9-token prompt's evaluation on 2 threads varies by +-5 ms from
 one run to the next here, so the 15 long rounds leave a median that wanders by several ms;
-100 short ones pin it to about a millisecond. The served side is read with a lean HTTP client
-(``SSEClient``); ``--client httpx`` reads it with httpx instead, its own cost included.
+100 short ones narrow it (run-to-run medians still range 1-6 ms on this VM). The served
+side is read with a lean HTTP client (``SSEClient``); ``--client httpx`` reads it with httpx
+instead, its own cost included.
 
     .venv/bin/python -m benchmarks.llm_stream [--rounds 15] [--ttft-rounds 100] [--tokens 128]
 """
@@ -151,12 +152,17 @@ def _body(tokens: int) -> dict[str, Any]:
             "temperature": 0.0, "stream": True}  # fmt: skip
 
 
+def _texts(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The text of each completion chunk ("" for the usage chunk, which has no choices)."""
+    return (c["choices"][0]["text"] if c["choices"] else "" for c in chunks)
+
+
 def served(client: SSEClient, tokens: int) -> Run:
     """The same through modelport's /v1/completions with stream=True."""
     request = client.request(_body(tokens))
     start = time.perf_counter()
     events = client.stream(request)
-    return _timed(start, (e["choices"][0]["text"] if e["choices"] else "" for e in events))
+    return _timed(start, _texts(events))
 
 
 def served_httpx(client: httpx.Client, tokens: int) -> Run:
@@ -164,7 +170,7 @@ def served_httpx(client: httpx.Client, tokens: int) -> Run:
     start = time.perf_counter()
     with client.stream("POST", "/completions", json=_body(tokens)) as resp:
         chunks = (json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {"))
-        return _timed(start, (c["choices"][0]["text"] if c["choices"] else "" for c in chunks))
+        return _timed(start, _texts(chunks))
 
 
 def main() -> None:
@@ -239,7 +245,7 @@ def _alternate(
 def _overhead(local: list[Run], remote: list[Run]) -> tuple[float, list[float]]:
     """Median and quartiles of served minus in-process TTFT, round by round (paired, so
     drift between rounds cancels out)."""
-    gaps = sorted(s[0] - i[0] for s, i in zip(remote, local, strict=True))
+    gaps = [s[0] - i[0] for s, i in zip(remote, local, strict=True)]
     return statistics.median(gaps), statistics.quantiles(gaps, n=4)
 
 
