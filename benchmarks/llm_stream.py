@@ -214,8 +214,9 @@ def main() -> None:
         tps = statistics.median(r[1] for r in runs)
         print(f"{label:<30} TTFT {ttft:7.1f} ms  {tps:6.1f} tokens/s  ({runs[0][2]} tokens)")
     ratio = statistics.median(r[1] for r in remote) / statistics.median(r[1] for r in local)
-    long_gap, _ = _overhead(local, remote)
-    overhead, quartiles = _overhead(short_local, short_remote)
+    long_gap = statistics.median(_gaps(local, remote))
+    short_gaps = _gaps(short_local, short_remote)
+    overhead, quartiles = statistics.median(short_gaps), statistics.quantiles(short_gaps, n=4)
     print(f"TTFT overhead, {args.rounds} long rounds: median {long_gap * 1000:.1f} ms")
     base = statistics.median(r[0] for r in short_local)
     print(f"TTFT overhead, {args.ttft_rounds} short rounds: median {overhead * 1000:.1f} ms, "
@@ -242,11 +243,10 @@ def _alternate(
     return local, remote
 
 
-def _overhead(local: list[Run], remote: list[Run]) -> tuple[float, list[float]]:
-    """Median and quartiles of served minus in-process TTFT, round by round (paired, so
-    drift between rounds cancels out)."""
-    gaps = [s[0] - i[0] for s, i in zip(remote, local, strict=True)]
-    return statistics.median(gaps), statistics.quantiles(gaps, n=4)
+def _gaps(local: list[Run], remote: list[Run]) -> list[float]:
+    """Served minus in-process TTFT, round by round (paired, so drift between rounds
+    cancels out)."""
+    return [s[0] - i[0] for s, i in zip(remote, local, strict=True)]
 
 
 if __name__ == "__main__":
